@@ -1,0 +1,1 @@
+"""SMTP AUTH support: password hashing and the users file."""

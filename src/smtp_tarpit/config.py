@@ -1,0 +1,235 @@
+"""The typed configuration: every option declared once, with its unit, bounds and default.
+
+Invariants:
+- The built-in defaults are the seed's behaviour (tar pit off); a config file is layered over them, key by
+  key, never over the shipped example config.
+- Unknown keys, wrong types, out-of-range values and unreadable files are ``ConfigError``s whose message
+  names the file and the key, e.g. ``smtp-tarpit.toml: [tarpit] dealy: unknown key``.
+- Durations are seconds (a number, or a string with a unit: ms, s, m, h, d); sizes are octets (a number, or
+  a string with a unit: KB, MB, GB, KiB, MiB, GiB). Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message naming the file and the key."""
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        match = _NUMBER_UNIT.fullmatch(value)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _DURATION_UNITS:
+            raise ValueError("expected seconds, or a number with a unit: ms, s, m, h, d (e.g. '250ms', '5s')")
+        return float(match.group(1)) * _DURATION_UNITS[unit]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected seconds, or a number with a unit: ms, s, m, h, d")
+    return float(value)
+
+
+def _size(value: object) -> object:
+    if isinstance(value, str):
+        match = _NUMBER_UNIT.fullmatch(value)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _SIZE_UNITS:
+            raise ValueError("expected octets, or a number with a unit: KB, MB, GB, KiB, MiB, GiB")
+        return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected octets, or a number with a unit: KB, MB, GB, KiB, MiB, GiB")
+    return value
+
+
+def _network(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR string such as '192.0.2.0/24' or '2001:db8::/32'")
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"not an IP network: {value!r}") from exc
+
+
+def _listen(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("expected 'host:port' or '[ipv6]:port'")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value)
+    if not match:
+        raise ValueError(f"expected 'host:port' or '[ipv6]:port', got {value!r}")
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration)]
+Octets = Annotated[int, BeforeValidator(_size)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+ListenAddress = Annotated[str, BeforeValidator(_listen)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
+
+
+class ServerConfig(Section):
+    listen: list[ListenAddress] = Field(default=["127.0.0.1:2525"], min_length=1)
+    hostname: str = Field(default_factory=socket.getfqdn, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-]+$")
+    bare_newline: Literal["normalize", "reject"] = "normalize"
+    shutdown_grace: Seconds = Field(default=30.0, ge=0, le=600)
+
+
+class LimitsConfig(Section):
+    command_line: int = Field(default=512, ge=512, le=65536)
+    text_line: int = Field(default=1000, ge=1000, le=1_000_000)
+    message_size: Octets = Field(default=10 * 1024 * 1024, ge=1024, le=2**31)
+    recipients_per_message: int = Field(default=100, ge=1, le=100_000)
+    idle_timeout: Seconds = Field(default=300.0, ge=1, le=3600)
+    max_connections: int = Field(default=20_000, ge=1, le=1_000_000)
+
+
+class RecipientsConfig(Section):
+    domains: list[str] = []
+    file: Path | None = None
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, domains: list[str]) -> list[str]:
+        for domain in domains:
+            if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?", domain):
+                raise ValueError(f"not a domain name: {domain!r}")
+        return [d.lower() for d in domains]
+
+
+class DeliveryConfig(Section):
+    maildir: Path = Path("mail")
+
+
+class TarpitConfig(Section):
+    # Capped at 240 s: RFC 5321 4.5.3.2 gives clients 5 minutes for a MAIL or RCPT reply, and a legitimate
+    # sender that hits an error must get its 5xx before it times out, or it retries instead of bouncing.
+    delay: Seconds = Field(default=0.0, ge=0, le=240)
+    exempt_networks: list[Network] = []
+
+
+class TlsConfig(Section):
+    certificate: Path | None = None
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key must be set together")
+        return self
+
+
+class AuthConfig(Section):
+    users_file: Path | None = None
+    plaintext_from_loopback: bool = False
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Section):
+    server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    recipients: RecipientsConfig = RecipientsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    tarpit: TarpitConfig = TarpitConfig()
+    tls: TlsConfig = TlsConfig()
+    auth: AuthConfig = AuthConfig()
+    log: LogConfig = LogConfig()
+    source: Path | None = Field(default=None, exclude=True)
+
+
+_PATH_KEYS = (("recipients", "file"), ("delivery", "maildir"), ("tls", "certificate"),
+              ("tls", "private_key"), ("auth", "users_file"))
+
+
+def load(path: Path | None) -> Config:
+    """Read and validate a config file layered over the built-in defaults (None: defaults only)."""
+    if path is None:
+        return Config()
+    raw = _read_toml(path)
+    _reject_non_tables(path, raw)
+    _stringify_paths(raw)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(path, err) for err in exc.errors())) from None
+    return _resolve_paths(config, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _reject_non_tables(path: Path, raw: dict[str, Any]) -> None:
+    for key, value in raw.items():
+        if key not in Config.model_fields or key == "source":
+            raise ConfigError(f"{path}: [{key}]: unknown section")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key}: must be a table, as [{key}]")
+
+
+def _stringify_paths(raw: dict[str, Any]) -> None:
+    # Strict mode wants Path objects for Path fields; TOML gives strings. Convert only those keys.
+    for section, key in _PATH_KEYS:
+        value = raw.get(section, {}).get(key)
+        if isinstance(value, str):
+            raw[section][key] = Path(value)
+
+
+def _describe(path: Path, err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else ""
+    message = "unknown key" if err["type"] == "extra_forbidden" else _message(err)
+    return f"{path}: {where}: {message}"
+
+
+def _message(err: Any) -> str:
+    message = str(err["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if err["type"] in ("is_instance_of", "path_type"):
+        message = "expected a path string"
+    return message
+
+
+def _resolve_paths(config: Config, path: Path) -> Config:
+    base = path.resolve().parent
+    updates: dict[str, Section] = {}
+    for section, key in _PATH_KEYS:
+        current = updates.get(section, getattr(config, section))
+        value = getattr(current, key)
+        if value is not None and not value.is_absolute():
+            updates[section] = current.model_copy(update={key: base / value})
+    return config.model_copy(update={**updates, "source": path})

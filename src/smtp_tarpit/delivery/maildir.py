@@ -1,0 +1,126 @@
+"""Durable delivery into one Maildir per mailbox: ``<root>/<domain>/<local-part>/{tmp,new,cur}``.
+
+The sequence for one message, run in a worker thread (never on the event loop):
+write to ``tmp/<unique>``, fsync the file, hard-link it into ``new/`` of every target mailbox, fsync each
+``new/`` directory, unlink the tmp name. Only then does ``deliver`` return and the client get its 250.
+
+Invariants:
+- Never partial: a reader only ever sees complete files in ``new/`` (the link is atomic).
+- Never lost once acknowledged: file and directory entries are fsynced before ``deliver`` returns.
+- Never twice within one transaction: each mailbox is linked exactly once per message.
+- A local part becomes a safe directory name: no "/", no NUL, no leading ".", so never ".." (percent-encoded).
+- Lines are stored with LF endings, as Dovecot and Postfix's virtual(8) store them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+from smtp_tarpit.delivery import DeliveryError, Envelope
+
+_UNSAFE = {"/": "%2F", "\x00": "%00", "%": "%25"}
+
+
+def safe_name(local_part: str) -> str:
+    """Turn a local part into one safe path component (reversible percent-encoding)."""
+    name = "".join(_UNSAFE.get(c, c) for c in local_part)
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def mailbox_path(root: Path, mailbox: str) -> Path:
+    local, _, domain = mailbox.rpartition("@")
+    return root / safe_name(domain) / safe_name(local)
+
+
+class MaildirDeliverer:
+    """Deliver into Maildirs under ``root``; the directories are made on first delivery."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+        self._counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
+        self._ready: set[Path] = set()
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise DeliveryError(f"maildir {self.root}: {exc.strerror}") from None
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        try:
+            await asyncio.to_thread(self._deliver_sync, envelope, message)
+        except OSError as exc:
+            raise DeliveryError(f"maildir: {exc.strerror or exc}") from exc
+
+    def _unique(self, size: int) -> str:
+        count = next(self._counter)
+        now = time.time()
+        seconds, micros = int(now), int((now % 1) * 1_000_000)
+        return f"{seconds}.M{micros}P{os.getpid()}Q{count}.{self._host},S={size}"
+
+    def _deliver_sync(self, envelope: Envelope, message: bytes) -> None:
+        content = message.replace(b"\r\n", b"\n")
+        boxes = [mailbox_path(self.root, m) for m in envelope.mailboxes]
+        for box in boxes:
+            self._ensure(box)
+        name = self._unique(len(content))
+        tmp = boxes[0] / "tmp" / name
+        _write_durably(tmp, content)
+        try:
+            for box in boxes:
+                _link_durably(tmp, box, name, content)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _ensure(self, box: Path) -> None:
+        if box in self._ready:
+            return
+        for sub in ("tmp", "new", "cur"):
+            (box / sub).mkdir(parents=True, exist_ok=True)
+        # Make the new directories themselves durable: fsync every parent up to the root.
+        for directory in (box, box.parent, self.root):
+            _fsync_dir(directory)
+        self._ready.add(box)
+
+
+def _write_durably(path: Path, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_durably(tmp: Path, box: Path, name: str, content: bytes) -> None:
+    target = box / "new" / name
+    try:
+        os.link(tmp, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Mailboxes on another file system: a copy of its own, written the same durable way.
+        staged = box / "tmp" / name
+        _write_durably(staged, content)
+        os.rename(staged, target)
+    _fsync_dir(box / "new")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

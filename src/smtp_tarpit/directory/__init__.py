@@ -1,0 +1,1 @@
+"""Recipient directory: which addresses are ours and which mailbox each goes to."""

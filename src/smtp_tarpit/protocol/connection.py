@@ -1,0 +1,455 @@
+"""The sans-IO SMTP server connection: ``receive_data(bytes)``, ``next_event()``, ``send(Reply) -> bytes``.
+
+Theory of operation (after h11): the caller feeds raw bytes in, pulls events out one at a time, and answers
+each event with exactly one reply through ``send``, which returns the bytes to write and applies the state
+transition that reply implies (a RCPT answered 250 counts as a recipient; a DATA answered 354 starts the
+message text). Because the next event is only produced after the previous one is answered, pipelined
+commands are judged in order against the state their predecessors left. No asyncio, no sockets, no clock.
+
+Invariants:
+- A command line is at most ``command_line`` octets including CRLF; a longer one is discarded whole and
+  answered 500, and memory never grows past the limit while waiting for its end.
+- After STARTTLS is answered 220, every byte already buffered is discarded and the session state is reset
+  (CVE-2011-0411: commands injected in plaintext before the handshake must never run).
+- A 221 or 421 reply closes the connection; nothing is parsed after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from smtp_tarpit.protocol import data, replies
+from smtp_tarpit.protocol.address import Address, AddressError, parse_path
+from smtp_tarpit.protocol.events import (
+    NEED_DATA,
+    Answer,
+    AuthCredentials,
+    Data,
+    Event,
+    Helo,
+    Help,
+    Mail,
+    Message,
+    Noop,
+    Problem,
+    Quit,
+    Rcpt,
+    Rset,
+    StartTls,
+    Vrfy,
+    _NeedData,
+)
+from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.protocol.state import VERBS, State, Verb, lookup
+
+SASL_LINE_LIMIT = 12288  # RFC 4954 section 4: a SASL response line may be this long
+
+
+class _TooLong:
+    __slots__ = ()
+
+
+TOO_LONG = _TooLong()
+
+
+class LocalProtocolError(RuntimeError):
+    """The caller (our own session code) used the connection out of order: a bug on our side."""
+
+
+@dataclass(slots=True)
+class Limits:
+    command_line: int = 512
+    text_line: int = 1000
+    message_size: int = 10 * 1024 * 1024
+    recipients: int = 100
+    reject_bare_newline: bool = False
+
+
+@dataclass(slots=True)
+class Features:
+    """What this connection may offer; the session sets these from config and the peer's address."""
+
+    starttls: bool = False  # a TLS context is configured
+    auth: bool = False  # a users file is configured
+    plaintext_auth: bool = False  # AUTH allowed without TLS (loopback peer and the setting on)
+
+
+class SmtpConnection:
+    __slots__ = (
+        "_after",
+        "_buf",
+        "_data_limits",
+        "_discarding",
+        "_oversize",
+        "_pending",
+        "_sasl_mechanism",
+        "_sasl_user",
+        "_scan",
+        "authenticated",
+        "extended",
+        "features",
+        "helo_name",
+        "limits",
+        "recipients",
+        "smtputf8",
+        "state",
+        "tls_active",
+    )
+
+    def __init__(self, limits: Limits, features: Features) -> None:
+        self.limits = limits
+        self.features = features
+        self._data_limits = data.DataLimits(limits.message_size, limits.text_line, limits.reject_bare_newline)
+        self.state = State.INIT
+        self._buf = bytearray()
+        self._scan = 0
+        self._discarding = False
+        self._oversize = False
+        self._pending: Event | None = None
+        self._after: State | None = None
+        self._sasl_mechanism = ""
+        self._sasl_user = ""
+        self.helo_name = ""
+        self.extended = False
+        self.tls_active = False
+        self.authenticated = False
+        self.recipients = 0
+        self.smtputf8 = False
+
+    # --- input -------------------------------------------------------------------------------------------
+
+    def receive_data(self, chunk: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.DATA and self._oversize:
+            # Past the size limit keep only the tail that may hold the start of the end marker.
+            self._buf = self._buf[-4:] + chunk
+            self._scan = 0
+            return
+        self._buf += chunk
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def in_data(self) -> bool:
+        return self.state is State.DATA
+
+    def next_event(self) -> Event | _NeedData:
+        if self._pending is not None:
+            raise LocalProtocolError("the previous event has not been answered")
+        if self.state is State.CLOSED:
+            return NEED_DATA
+        if self.state is State.DATA:
+            event: Event | None = self._read_data()
+        else:
+            line = self._read_line()
+            event = None if line is None else self._line_event(line)
+        if event is None:
+            return NEED_DATA
+        self._pending = event
+        return event
+
+    def _read_line(self) -> bytes | _TooLong | None:
+        limit = SASL_LINE_LIMIT if self.state is State.SASL else self.limits.command_line
+        end = self._buf.find(b"\n")
+        if end < 0:
+            if len(self._buf) > limit:
+                self._discarding = True
+                del self._buf[:]
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 1]
+        if self._discarding or end + 1 > limit:
+            self._discarding = False
+            return TOO_LONG
+        # A bare LF ends a command line too (as in Postfix): only DATA is judged strictly on CRLF.
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _read_data(self) -> Event | None:
+        end = data.find_end(self._buf, self._scan, at_start=self._scan == 0 and not self._oversize)
+        if end < 0:
+            self._scan = len(self._buf)
+            if len(self._buf) > self.limits.message_size + 5:
+                self._oversize = True
+                self._buf = self._buf[-4:]
+                self._scan = 0
+            return None
+        body = bytes(self._buf[:end])
+        del self._buf[: end + 3]
+        oversize, self._oversize, self._scan = self._oversize, False, 0
+        return data.finish(body, oversize, self._data_limits)
+
+    # --- commands ----------------------------------------------------------------------------------------
+
+    def _line_event(self, line: bytes | _TooLong) -> Event:
+        if isinstance(line, _TooLong):
+            return Answer(replies.command_line_too_long(self.limits.command_line), Problem.LINE_TOO_LONG)
+        if b"\x00" in line:
+            return Answer(replies.NUL_IN_COMMAND, Problem.SYNTAX)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return Answer(replies.INVALID_UTF8, Problem.SYNTAX)
+        if self.state is State.SASL:
+            return self._sasl_step(text)
+        word, _, argument = text.partition(" ")
+        verb = VERBS.get(word.upper().encode("ascii", "replace"))
+        if verb is None:
+            return Answer(replies.UNKNOWN_COMMAND, Problem.UNKNOWN_COMMAND)
+        refusal, after = lookup(self.state, verb)
+        if verb is Verb.STARTTLS and refusal is None:
+            refusal = self._starttls_refusal()
+        if refusal is not None:
+            problem = Problem.NOT_IMPLEMENTED if refusal is replies.NOT_IMPLEMENTED else Problem.SEQUENCE
+            return Answer(refusal, problem)
+        self._after = after
+        return _PARSERS[verb](self, argument.strip(" "))
+
+    def _starttls_refusal(self) -> Reply | None:
+        if not self.features.starttls:
+            return replies.NOT_IMPLEMENTED
+        if self.tls_active:
+            return replies.TLS_ALREADY_ACTIVE
+        return None
+
+    def _helo(self, argument: str, extended: bool) -> Event:
+        if not argument or " " in argument:
+            return Answer(replies.SYNTAX_EHLO if extended else replies.SYNTAX_HELO, Problem.SYNTAX)
+        return Helo(argument, extended)
+
+    def _parse_ehlo(self, argument: str) -> Event:
+        return self._helo(argument, True)
+
+    def _parse_helo(self, argument: str) -> Event:
+        return self._helo(argument, False)
+
+    def _parse_mail(self, argument: str) -> Event:
+        if argument[:5].upper() != "FROM:":
+            return Answer(replies.SYNTAX_MAIL, Problem.SYNTAX)
+        try:
+            sender, params = parse_path(argument[5:], allow_null=True)
+        except AddressError:
+            return Answer(replies.BAD_SENDER_SYNTAX, Problem.SYNTAX)
+        if params and not self.extended:
+            return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
+        return self._mail_with_params(sender, params)
+
+    def _mail_with_params(self, sender: Address | None, params: dict[str, str | None]) -> Event:
+        size: int | None = None
+        smtputf8 = "SMTPUTF8" in params
+        for key, value in params.items():
+            if key == "SIZE" and value is not None and value.isdigit() and len(value) <= 20:
+                size = int(value)
+            elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
+                pass
+            elif (key == "SMTPUTF8" and value is None) or (key == "AUTH" and value is not None):
+                pass  # AUTH=<mailbox> (RFC 4954 section 5) is accepted and not trusted
+            else:
+                return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
+        if size is not None and size > self.limits.message_size:
+            return Answer(replies.SIZE_DECLARED_TOO_BIG, Problem.MESSAGE_TOO_BIG)
+        if sender is not None and not sender.is_ascii and not smtputf8:
+            return Answer(replies.NON_ASCII_ADDRESS, Problem.SYNTAX)
+        return Mail(sender, size, smtputf8)
+
+    def _parse_rcpt(self, argument: str) -> Event:
+        if argument[:3].upper() != "TO:":
+            return Answer(replies.SYNTAX_RCPT, Problem.SYNTAX)
+        try:
+            recipient, params = parse_path(argument[3:], allow_null=False)
+        except AddressError:
+            return Answer(replies.BAD_RECIPIENT_SYNTAX, Problem.SYNTAX)
+        if params:
+            return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
+        assert recipient is not None
+        if not recipient.is_ascii and not self.smtputf8:
+            return Answer(replies.NON_ASCII_ADDRESS, Problem.SYNTAX)
+        if self.recipients >= self.limits.recipients:
+            return Answer(replies.TOO_MANY_RECIPIENTS, Problem.TOO_MANY_RECIPIENTS)
+        return Rcpt(recipient)
+
+    def _no_argument(self, argument: str, event: Event) -> Event:
+        return Answer(replies.NO_ARGUMENTS, Problem.SYNTAX) if argument else event
+
+    def _parse_data(self, argument: str) -> Event:
+        return self._no_argument(argument, Data())
+
+    def _parse_rset(self, argument: str) -> Event:
+        return self._no_argument(argument, Rset())
+
+    def _parse_starttls(self, argument: str) -> Event:
+        return self._no_argument(argument, StartTls())
+
+    def _parse_noop(self, argument: str) -> Event:
+        return Noop()
+
+    def _parse_quit(self, argument: str) -> Event:
+        return Quit()
+
+    def _parse_help(self, argument: str) -> Event:
+        return Help()
+
+    def _parse_vrfy(self, argument: str) -> Event:
+        return Vrfy(argument) if argument else Answer(replies.SYNTAX_VRFY, Problem.SYNTAX)
+
+    # --- AUTH (RFC 4954; PLAIN per RFC 4616, LOGIN as every client sends it) ------------------------------
+
+    @property
+    def auth_offered(self) -> bool:
+        return self.features.auth and (self.tls_active or self.features.plaintext_auth)
+
+    def _parse_auth(self, argument: str) -> Event:
+        if self.authenticated:
+            return Answer(replies.ALREADY_AUTHENTICATED, Problem.SEQUENCE)
+        if not self.features.auth:
+            return Answer(replies.NOT_IMPLEMENTED, Problem.NOT_IMPLEMENTED)
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in ("PLAIN", "LOGIN") or " " in initial:
+            return Answer(replies.AUTH_MECHANISM_UNKNOWN, Problem.AUTH_PROTOCOL)
+        if not self.auth_offered:
+            return Answer(replies.AUTH_ENCRYPTION_REQUIRED, Problem.AUTH_PROTOCOL)
+        self._sasl_mechanism, self._sasl_user = mechanism, ""
+        if not initial:
+            first = "" if mechanism == "PLAIN" else "VXNlcm5hbWU6"  # base64("Username:")
+            return self._challenge(first)
+        return self._sasl_step(initial)
+
+    def _challenge(self, text: str) -> Event:
+        self._after = State.SASL
+        return Answer(replies.sasl_challenge(text), Problem.CHALLENGE)
+
+    def _sasl_step(self, text: str) -> Event:
+        self._after = State.READY
+        if text == "*":
+            return Answer(replies.AUTH_CANCELLED, Problem.AUTH_PROTOCOL)
+        try:
+            decoded = base64.b64decode(text, validate=True).decode("utf-8") if text != "=" else ""
+        except (binascii.Error, UnicodeDecodeError):
+            return Answer(replies.AUTH_BAD_ENCODING, Problem.AUTH_PROTOCOL)
+        if self._sasl_mechanism == "LOGIN" and not self._sasl_user:
+            self._sasl_user = decoded or "\x00"
+            return self._challenge("UGFzc3dvcmQ6")  # base64("Password:")
+        if self._sasl_mechanism == "LOGIN":
+            return AuthCredentials("LOGIN", self._sasl_user.strip("\x00"), decoded, "")
+        parts = decoded.split("\x00")
+        if len(parts) != 3:
+            return Answer(replies.AUTH_BAD_ENCODING, Problem.AUTH_PROTOCOL)
+        return AuthCredentials("PLAIN", parts[1], parts[2], parts[0])
+
+    # --- output ------------------------------------------------------------------------------------------
+
+    def extensions(self) -> tuple[str, ...]:
+        found = ["PIPELINING", f"SIZE {self.limits.message_size}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.features.starttls and not self.tls_active:
+            found.append("STARTTLS")
+        if self.auth_offered and not self.authenticated:
+            found.append("AUTH PLAIN LOGIN")
+        return tuple(found)
+
+    def send(self, reply: Reply) -> bytes:
+        """Answer the pending event (or send the greeting or an unsolicited 421) and return the bytes."""
+        event, self._pending = self._pending, None
+        if reply.code == 421 or (isinstance(event, Quit) and reply.code == 221):
+            self._close()
+        elif event is None:
+            if reply.code != 220:
+                raise LocalProtocolError("only the greeting or a 421 may be sent unprompted")
+        else:
+            _TRANSITIONS.get(type(event), SmtpConnection._plain_transition)(self, event, reply)
+        return reply.wire
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        del self._buf[:]
+
+    def _plain_transition(self, event: Event, reply: Reply) -> None:
+        after, self._after = self._after, None
+        if after is State.SASL or self.state is State.SASL:
+            # A SASL exchange goes on only while the server keeps challenging; anything else ends it.
+            self.state = State.SASL if after is State.SASL and reply.code == 334 else State.READY
+            return
+        if reply.code < 400 and after is not None:
+            if after in (State.INIT, State.READY):
+                self._reset_transaction()
+            self.state = after
+
+    def _helo_transition(self, event: Event, reply: Reply) -> None:
+        assert isinstance(event, Helo)
+        self._after = None
+        if reply.code < 400:
+            self._reset_transaction()
+            self.state, self.helo_name, self.extended = State.READY, event.name, event.extended
+
+    def _mail_transition(self, event: Event, reply: Reply) -> None:
+        assert isinstance(event, Mail)
+        self._plain_transition(event, reply)
+        if reply.code < 400:
+            self.smtputf8 = event.smtputf8
+
+    def _rcpt_transition(self, event: Event, reply: Reply) -> None:
+        self._plain_transition(event, reply)
+        if reply.code < 400:
+            self.recipients += 1
+
+    def _message_transition(self, event: Event, reply: Reply) -> None:
+        self._after = None
+        self._reset_transaction()
+        self.state = State.READY
+
+    def _answer_transition(self, event: Event, reply: Reply) -> None:
+        if self.state is State.DATA:
+            self._message_transition(event, reply)
+        else:
+            self._plain_transition(event, reply)
+
+    def _starttls_transition(self, event: Event, reply: Reply) -> None:
+        self._after = None
+        if reply.code == 220:
+            del self._buf[:]  # CVE-2011-0411: nothing sent in plaintext survives the handshake
+            self._reset_transaction()
+            self.state, self.tls_active, self.helo_name, self.extended = State.INIT, True, "", False
+
+    def _auth_transition(self, event: Event, reply: Reply) -> None:
+        self._after = None
+        self.state = State.READY
+        self.authenticated = reply.code == 235
+
+    def _reset_transaction(self) -> None:
+        self.recipients = 0
+        self.smtputf8 = False
+
+
+_PARSERS: dict[Verb, Callable[[SmtpConnection, str], Event]] = {
+    Verb.HELO: SmtpConnection._parse_helo,
+    Verb.EHLO: SmtpConnection._parse_ehlo,
+    Verb.MAIL: SmtpConnection._parse_mail,
+    Verb.RCPT: SmtpConnection._parse_rcpt,
+    Verb.DATA: SmtpConnection._parse_data,
+    Verb.RSET: SmtpConnection._parse_rset,
+    Verb.NOOP: SmtpConnection._parse_noop,
+    Verb.QUIT: SmtpConnection._parse_quit,
+    Verb.VRFY: SmtpConnection._parse_vrfy,
+    Verb.HELP: SmtpConnection._parse_help,
+    Verb.STARTTLS: SmtpConnection._parse_starttls,
+    Verb.AUTH: SmtpConnection._parse_auth,
+}
+
+_TRANSITIONS: dict[type, Callable[[SmtpConnection, Event, Reply], None]] = {
+    Helo: SmtpConnection._helo_transition,
+    Mail: SmtpConnection._mail_transition,
+    Rcpt: SmtpConnection._rcpt_transition,
+    Message: SmtpConnection._message_transition,
+    Answer: SmtpConnection._answer_transition,
+    StartTls: SmtpConnection._starttls_transition,
+    AuthCredentials: SmtpConnection._auth_transition,
+}

@@ -1,0 +1,129 @@
+"""Events the SMTP core produces from the client's bytes (h11 style: frozen, slotted values).
+
+Every event except NEED_DATA expects exactly one reply through ``SmtpConnection.send`` before the next event
+is produced. ``Answer`` is an event whose reply the core already knows (syntax errors, bad sequence, SASL
+challenges, over-limit messages); the session passes it on, and the policy may still delay or replace it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from smtp_tarpit.protocol.address import Address
+from smtp_tarpit.protocol.replies import Reply
+
+
+class Problem(enum.Enum):
+    """Why the core answered on its own: what the policy observes about the client."""
+
+    SYNTAX = "syntax"
+    SEQUENCE = "sequence"
+    UNKNOWN_COMMAND = "unknown-command"
+    NOT_IMPLEMENTED = "not-implemented"
+    LINE_TOO_LONG = "line-too-long"
+    MESSAGE_TOO_BIG = "message-too-big"
+    TOO_MANY_RECIPIENTS = "too-many-recipients"
+    BARE_NEWLINE = "bare-newline"
+    AUTH_PROTOCOL = "auth-protocol"
+    CHALLENGE = "challenge"  # not an error: a SASL 334 step
+
+
+@dataclass(frozen=True, slots=True)
+class Helo:
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    sender: Address | None  # None is the null reverse-path <>
+    size: int | None
+    smtputf8: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rcpt:
+    recipient: Address
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A complete message: dot-unstuffed, every line ending in CRLF, within every limit."""
+
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rset:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Vrfy:
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthCredentials:
+    mechanism: str
+    username: str
+    password: str
+    authzid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    reply: Reply
+    problem: Problem
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+
+Event = (
+    Helo
+    | Mail
+    | Rcpt
+    | Data
+    | Message
+    | Rset
+    | Noop
+    | Quit
+    | Vrfy
+    | Help
+    | StartTls
+    | AuthCredentials
+    | Answer
+)

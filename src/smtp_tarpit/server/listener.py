@@ -1,0 +1,114 @@
+"""The listening server: sockets, the set of live sessions, connection limits, shutdown and reload.
+
+Invariants:
+- Shutdown stops accepting first; idle and tar pitted sessions get 421 at once; a session inside DATA (or
+  waiting for its delivery) may finish within ``[server] shutdown_grace`` and then gets 421; a delivery
+  already running is awaited, so nothing acknowledged is lost and nothing unacknowledged is claimed.
+- A failed reload (SIGHUP) logs why and keeps everything as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import Any
+
+from smtp_tarpit.config import ConfigError
+from smtp_tarpit.protocol import replies
+from smtp_tarpit.server.executor import Executor
+from smtp_tarpit.server.runtime import Runtime, load_directory
+from smtp_tarpit.server.session import Session
+
+log = logging.getLogger("smtp_tarpit.server")
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Server:
+    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
+        self.runtime = runtime
+        self.loop = loop
+        self.executor = Executor(loop)
+        self.sessions: set[Session] = set()
+        self.listeners: list[asyncio.Server] = []
+        self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{int(time.time()):X}{os.getpid() % 0xFFFF:04X}"
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Open every listener; return the (host, port) pairs actually bound (port 0 picks a free one)."""
+        bound = []
+        for text in self.runtime.config.server.listen:
+            host, port = split_listen(text)
+            server = await self.loop.create_server(
+                lambda: Session(self), host, port, reuse_address=True, backlog=4096
+            )
+            self.listeners.append(server)
+            for sock in server.sockets:
+                address = sock.getsockname()
+                bound.append((address[0], address[1]))
+                log.info("listening on %s port %d", address[0], address[1])
+        return bound
+
+    def admit(self, session: Session) -> bool:
+        if len(self.sessions) >= self.runtime.config.limits.max_connections or self.draining:
+            return False
+        self.sessions.add(session)
+        return True
+
+    def forget(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    def new_message_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):06X}"
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the recipients file; a bad file is logged and the old directory kept."""
+        try:
+            directory = load_directory(self.runtime.config)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the old recipients: %s", exc)
+            return
+        self.runtime = replace(self.runtime, directory=directory)
+        log.info("reloaded recipients: %d addresses, %d catch-all domains",
+                 len(directory.mailboxes), len(directory.catch_all))
+
+    async def shutdown(self) -> None:
+        grace = self.runtime.config.server.shutdown_grace
+        log.info("shutting down: %d sessions, grace %.0fs for messages in flight", len(self.sessions), grace)
+        self.draining = True
+        for listener in self.listeners:
+            listener.close()
+        for session in list(self.sessions):
+            if not session.conn.in_data and not session.busy or session.hold is not None:
+                self._cut(session)
+        deadline = self.loop.time() + grace
+        while self.sessions and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._tasks:  # deliveries and password checks already running: let them end and answer
+            await asyncio.wait(list(self._tasks), timeout=max(grace, 5.0))
+        for session in list(self.sessions):
+            self._cut(session)
+        for listener in self.listeners:
+            await listener.wait_closed()
+
+    def _cut(self, session: Session) -> None:
+        if session.transport is None:
+            return
+        session.outcome = "shutdown"
+        self.executor.cut(session, replies.SHUTTING_DOWN)
+        session.transport.close()

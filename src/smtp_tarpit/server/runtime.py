@@ -1,0 +1,123 @@
+"""Everything a running server needs, built and checked from a Config (``check-config`` runs the same code).
+
+Invariants: building either succeeds completely or raises ``ConfigError`` naming the file and key at fault;
+a failed rebuild (SIGHUP) leaves the running server's runtime untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtp_tarpit.auth.passwords import Users, UsersFileError, load_users
+from smtp_tarpit.config import Config, ConfigError
+from smtp_tarpit.delivery import Deliverer, DeliveryError
+from smtp_tarpit.delivery.maildir import MaildirDeliverer
+from smtp_tarpit.directory import recipients
+from smtp_tarpit.directory.recipients import Directory, DirectoryError
+from smtp_tarpit.policy.decisions import IPAddress
+from smtp_tarpit.policy.seed import SeedPolicy
+from smtp_tarpit.protocol import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    directory: Directory
+    users: Users | None
+    tls: ssl.SSLContext | None
+    deliverer: Deliverer
+    policy: SeedPolicy
+    limits: Limits
+
+    def exempt(self, client: IPAddress | None) -> bool:
+        if client is None:
+            return False
+        return any(client in net for net in self.config.tarpit.exempt_networks)
+
+
+def _where(config: Config) -> str:
+    return str(config.source) if config.source else "<built-in defaults>"
+
+
+def build(config: Config) -> Runtime:
+    deliverer = MaildirDeliverer(config.delivery.maildir)
+    try:
+        deliverer.check()
+    except DeliveryError as exc:
+        raise ConfigError(f"{_where(config)}: [delivery] maildir: {exc}") from None
+    limits = Limits(
+        command_line=config.limits.command_line,
+        text_line=config.limits.text_line,
+        message_size=config.limits.message_size,
+        recipients=config.limits.recipients_per_message,
+        reject_bare_newline=config.server.bare_newline == "reject",
+    )
+    return Runtime(
+        config=config,
+        directory=load_directory(config),
+        users=_users(config),
+        tls=_tls(config),
+        deliverer=deliverer,
+        policy=SeedPolicy(config.tarpit.delay),
+        limits=limits,
+    )
+
+
+def load_directory(config: Config) -> Directory:
+    path = config.recipients.file
+    if path is None:
+        return recipients.empty(config.recipients.domains)
+    try:
+        return recipients.load(config.recipients.domains, path)
+    except OSError as exc:
+        raise ConfigError(f"{_where(config)}: [recipients] file: cannot read {path}: {exc.strerror}") from None
+    except (DirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{_where(config)}: [recipients] file: {exc}") from None
+
+
+def _users(config: Config) -> Users | None:
+    path = config.auth.users_file
+    if path is None:
+        return None
+    try:
+        return load_users(path)
+    except OSError as exc:
+        raise ConfigError(f"{_where(config)}: [auth] users_file: cannot read {path}: {exc.strerror}") from None
+    except (UsersFileError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{_where(config)}: [auth] users_file: {exc}") from None
+
+
+def _tls(config: Config) -> ssl.SSLContext | None:
+    cert, key = config.tls.certificate, config.tls.private_key
+    if cert is None or key is None:
+        return None
+    for name, path in (("certificate", cert), ("private_key", key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{_where(config)}: [tls] {name}: cannot read {path}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "unusable"
+        raise ConfigError(f"{_where(config)}: [tls] certificate: cannot load {cert} with {key}: {reason}") from None
+    return context
+
+
+def is_loopback(client: IPAddress | None) -> bool:
+    return client is not None and client.is_loopback
+
+
+def parse_peer(peer: object) -> IPAddress | None:
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        try:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            return address.ipv4_mapped
+        return address
+    return None

@@ -1,0 +1,376 @@
+"""One client connection: glue between the socket, the SMTP core, the directory, delivery and the policy.
+
+Theory of operation: an ``asyncio.Protocol`` (no task per connection: a held session costs its transport,
+this object, the core and one or two timer handles). Bytes go into the core; events come out one at a time;
+each gets a reply, which the policy turns into a Decision and the executor writes (now, or later on a
+timer). While a reply is held or an answer is being worked out off the loop (delivery, password check), no
+further event is taken: pipelined commands wait in the core's buffer and are answered in order, each after
+its own delay. Reading pauses when that buffer grows past a high-water mark.
+
+Invariants:
+- ``busy`` is true exactly while a reply is held or an answer is pending; the pump never runs then.
+- The idle timer measures the client's silence only: time spent holding a reply never counts against it.
+- Between the 220 to STARTTLS and the end of the handshake, received bytes are dropped (CVE-2011-0411).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from email.utils import format_datetime
+from typing import TYPE_CHECKING
+
+from smtp_tarpit.delivery import DeliveryError, Envelope
+from smtp_tarpit.directory.recipients import Verdict
+from smtp_tarpit.policy.decisions import SessionFacts
+from smtp_tarpit.protocol import Features, SmtpConnection, replies
+from smtp_tarpit.protocol.events import (
+    Answer,
+    AuthCredentials,
+    Data,
+    Event,
+    Helo,
+    Help,
+    Mail,
+    Message,
+    Noop,
+    Quit,
+    Rcpt,
+    Rset,
+    StartTls,
+    Vrfy,
+)
+from smtp_tarpit.protocol.events import _NeedData as NeedData
+from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.server.runtime import is_loopback, parse_peer
+
+if TYPE_CHECKING:
+    from smtp_tarpit.server.listener import Server
+
+log = logging.getLogger("smtp_tarpit.session")
+HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
+
+
+class Transaction:
+    __slots__ = ("mailboxes", "recipients", "sender", "smtputf8")
+
+    def __init__(self, sender: str, smtputf8: bool) -> None:
+        self.sender = sender
+        self.smtputf8 = smtputf8
+        self.mailboxes: list[str] = []
+        self.recipients: list[str] = []
+
+
+class Session(asyncio.Protocol):
+    __slots__ = (
+        "busy",
+        "client",
+        "commands",
+        "conn",
+        "delayed",
+        "errors",
+        "exempt",
+        "hold",
+        "idle",
+        "last_active",
+        "outcome",
+        "paused",
+        "server",
+        "started",
+        "tls_upgrading",
+        "transaction",
+        "transport",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.hold: asyncio.TimerHandle | None = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.busy = False
+        self.paused = False
+        self.tls_upgrading = False
+        self.transaction: Transaction | None = None
+        self.commands = self.errors = 0
+        self.delayed = 0.0
+        self.outcome = "disconnect"
+        self.started = self.last_active = 0.0
+        self.client = parse_peer(None)
+        self.exempt = False
+
+    # --- connection lifecycle ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        runtime = self.server.runtime
+        self.transport = transport
+        self.client = parse_peer(transport.get_extra_info("peername"))
+        self.exempt = runtime.exempt(self.client)
+        self.started = self.last_active = self.server.loop.time()
+        features = Features(
+            starttls=runtime.tls is not None,
+            auth=runtime.users is not None,
+            plaintext_auth=runtime.config.auth.plaintext_from_loopback and is_loopback(self.client),
+        )
+        self.conn = SmtpConnection(runtime.limits, features)
+        if not self.server.admit(self):
+            self.outcome = "refused"
+            self.server.executor.cut(self, replies.TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._answer(replies.greeting(runtime.config.server.hostname))
+        self._arm_idle(runtime.config.limits.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.executor.drop(self)
+        if self.idle is not None:
+            self.idle.cancel()
+        self.transport = None
+        self.server.forget(self)
+        if self.outcome != "refused":
+            log.info(
+                "session end client=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs outcome=%s",
+                self.client, self.conn.helo_name or "-", self.commands, self.errors, self.delayed,
+                self.server.loop.time() - self.started, self.outcome,
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self.tls_upgrading:
+            return  # plaintext sent after our 220 to STARTTLS: never executed
+        self.last_active = self.server.loop.time()
+        self.conn.receive_data(data)
+        if self.conn.buffered > HIGH_WATER and not self.paused and not self.conn.in_data:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.paused = True
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # --- the pump: one event, one reply -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while not self.busy and not self.conn.closed and self.transport is not None:
+            event = self.conn.next_event()
+            if isinstance(event, NeedData):
+                if self.paused and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
+                return
+            self.commands += 1
+            reply = _HANDLERS[type(event)](self, event)
+            if reply is None:
+                self.busy = True  # the handler answers later through _finish
+                return
+            self._answer(reply)
+
+    def _answer(self, reply: Reply) -> None:
+        wire = self.conn.send(reply)
+        if reply.code >= 400:
+            self.errors += 1
+        facts = SessionFacts(self.client, self.conn.authenticated, self.exempt)
+        decision = self.server.runtime.policy.decide(facts, reply)
+        if self.server.executor.submit(self, reply, wire, decision):
+            self._written()
+        else:
+            self.busy = True
+
+    def _finish(self, reply: Reply) -> None:
+        """Answer an event whose reply was worked out off the loop, then go on with the input."""
+        if self.transport is None or self.conn.closed:
+            return
+        self.busy = False
+        self._answer(reply)
+        self._pump()
+
+    def released(self) -> None:
+        """Called by the executor when a held reply has been written."""
+        self.busy = False
+        self.last_active = self.server.loop.time()
+        self._written()
+        self._pump()
+
+    def _written(self) -> None:
+        if self.transport is None:
+            return
+        if self.conn.closed:
+            self.transport.close()
+        elif self.tls_upgrading:
+            self.busy = True
+            self.server.spawn(self._upgrade())
+        elif self.server.draining and not self.conn.in_data and not self.busy:
+            self.outcome = "shutdown"
+            self.server.executor.cut(self, replies.SHUTTING_DOWN)
+            self.transport.close()
+
+    # --- idle timeout ------------------------------------------------------------------------------------
+
+    def _arm_idle(self, delay: float) -> None:
+        self.idle = self.server.loop.call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        timeout = self.server.runtime.config.limits.idle_timeout
+        if self.transport is None:
+            return
+        if self.busy:  # our own delay or work: the client is not idle
+            self._arm_idle(timeout)
+            return
+        silent = self.server.loop.time() - self.last_active
+        if silent < timeout:
+            self._arm_idle(timeout - silent)
+            return
+        self.outcome = "timeout"
+        self.server.executor.cut(self, replies.IDLE_TIMEOUT)
+        self.transport.close()
+
+    # --- event handlers: each returns the reply, or None when the answer comes later ----------------------
+
+    def _on_helo(self, event: Event) -> Reply | None:
+        assert isinstance(event, Helo)
+        hostname = self.server.runtime.config.server.hostname
+        if event.extended:
+            return replies.ehlo(hostname, self.conn.extensions())
+        return replies.helo(hostname)
+
+    def _on_mail(self, event: Event) -> Reply | None:
+        assert isinstance(event, Mail)
+        self.transaction = Transaction(str(event.sender) if event.sender else "", event.smtputf8)
+        return replies.SENDER_OK
+
+    def _on_rcpt(self, event: Event) -> Reply | None:
+        assert isinstance(event, Rcpt)
+        assert self.transaction is not None
+        found = self.server.runtime.directory.resolve(event.recipient)
+        if found.verdict is Verdict.NOT_LOCAL:
+            return replies.RELAY_DENIED
+        if found.verdict is Verdict.UNKNOWN:
+            return replies.UNKNOWN_USER
+        if found.mailbox not in self.transaction.mailboxes:
+            self.transaction.mailboxes.append(found.mailbox)
+        self.transaction.recipients.append(str(event.recipient))
+        return replies.RECIPIENT_OK
+
+    def _on_data(self, event: Event) -> Reply | None:
+        return replies.START_DATA
+
+    def _on_message(self, event: Event) -> Reply | None:
+        assert isinstance(event, Message)
+        transaction, self.transaction = self.transaction, None
+        assert transaction is not None
+        message_id = self.server.new_message_id()
+        envelope = Envelope(message_id, transaction.sender, tuple(transaction.mailboxes),
+                            tuple(transaction.recipients))
+        content = self._trace_headers(envelope, transaction) + event.content
+        self.server.spawn(self._deliver(envelope, content))
+        return None
+
+    async def _deliver(self, envelope: Envelope, content: bytes) -> None:
+        started = time.monotonic()
+        try:
+            await self.server.runtime.deliverer.deliver(envelope, content)
+        except DeliveryError as exc:
+            result, reply = f"deferred ({exc})", replies.LOCAL_ERROR
+        except Exception:  # never a 250 for a failure, whatever the failure is
+            log.exception("delivery of %s failed unexpectedly", envelope.message_id)
+            result, reply = "deferred (internal error)", replies.LOCAL_ERROR
+        else:
+            result, reply = "delivered", replies.queued(envelope.message_id)
+        log.info(
+            "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
+            envelope.message_id, self.client, envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients),
+            len(content), result, time.monotonic() - started,
+        )
+        self._finish(reply)
+
+    def _trace_headers(self, envelope: Envelope, transaction: Transaction) -> bytes:
+        hostname = self.server.runtime.config.server.hostname
+        protocol = ("UTF8SMTP" if transaction.smtputf8 else "ESMTP") if self.conn.extended else "SMTP"
+        if self.conn.extended and not transaction.smtputf8:
+            protocol += ("S" if self.conn.tls_active else "") + ("A" if self.conn.authenticated else "")
+        helo = "".join(c if c.isprintable() and c not in "()\\" else "?" for c in self.conn.helo_name)
+        recipient = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
+        stamp = format_datetime(datetime.now().astimezone())
+        return (
+            f"Return-Path: <{envelope.sender}>\r\n"
+            f"Received: from {helo} ([{self.client}])\r\n\tby {hostname} (smtp-tarpit) with {protocol} "
+            f"id {envelope.message_id}{recipient};\r\n\t{stamp}\r\n"
+        ).encode("utf-8")
+
+    def _on_simple(self, event: Event) -> Reply | None:
+        return _SIMPLE[type(event)](self)
+
+    def _on_starttls(self, event: Event) -> Reply | None:
+        if self.server.runtime.tls is None:
+            return replies.TLS_UNAVAILABLE
+        self.tls_upgrading = True
+        return replies.READY_FOR_TLS
+
+    async def _upgrade(self) -> None:
+        runtime = self.server.runtime
+        assert runtime.tls is not None and self.transport is not None
+        try:
+            transport = await self.server.loop.start_tls(
+                self.transport, self, runtime.tls, server_side=True, ssl_handshake_timeout=30
+            )
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.client, exc.__class__.__name__)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if transport is None:
+            return
+        assert isinstance(transport, asyncio.Transport)
+        self.transport, self.tls_upgrading, self.busy = transport, False, False
+        self.last_active = self.server.loop.time()
+        self._pump()
+
+    def _on_auth(self, event: Event) -> Reply | None:
+        assert isinstance(event, AuthCredentials)
+        self.server.spawn(self._check_password(event))
+        return None
+
+    async def _check_password(self, event: AuthCredentials) -> None:
+        users = self.server.runtime.users
+        ok = False
+        if users is not None and event.authzid in ("", event.username):
+            ok = await asyncio.to_thread(users.check, event.username, event.password)
+        log.info("auth client=%s user=%s mechanism=%s result=%s", self.client, event.username[:64],
+                 event.mechanism, "ok" if ok else "failed")
+        self._finish(replies.AUTH_OK if ok else replies.AUTH_FAILED)
+
+    def _on_answer(self, event: Event) -> Reply | None:
+        assert isinstance(event, Answer)
+        return event.reply
+
+    def _quit(self) -> Reply:
+        self.outcome = "quit"
+        return replies.bye(self.server.runtime.config.server.hostname)
+
+
+_SIMPLE: dict[type, Callable[[Session], Reply]] = {
+    Rset: lambda s: replies.OK,
+    Noop: lambda s: replies.OK,
+    Vrfy: lambda s: replies.VRFY_CANNOT,
+    Help: lambda s: replies.HELP,
+    Quit: Session._quit,
+}
+
+_HANDLERS: dict[type, Callable[[Session, Event], Reply | None]] = {
+    Helo: Session._on_helo,
+    Mail: Session._on_mail,
+    Rcpt: Session._on_rcpt,
+    Data: Session._on_data,
+    Message: Session._on_message,
+    Rset: Session._on_simple,
+    Noop: Session._on_simple,
+    Vrfy: Session._on_simple,
+    Help: Session._on_simple,
+    Quit: Session._on_simple,
+    StartTls: Session._on_starttls,
+    AuthCredentials: Session._on_auth,
+    Answer: Session._on_answer,
+}
