@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smtp-tarpit", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="smtp-tarpit", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
     parser.add_argument("--version", action="version", version=f"smtp-tarpit {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the SMTP server in the foreground")
@@ -52,10 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     config = load(args.file)
     built = runtime_module.build(config)
-    print(
-        f"{args.file}: ok ({len(built.directory.domains)} domains, {len(built.directory.mailboxes)} addresses, "
-        f"tar pit {'off' if config.tarpit.delay == 0 else f'{config.tarpit.delay:g}s'})"
-    )
+    directory = built.directory
+    tarpit = "off" if config.tarpit.delay == 0 else f"{config.tarpit.delay:g}s"
+    counts = f"{len(directory.domains)} domains, {len(directory.mailboxes)} addresses"
+    print(f"{args.file}: ok ({counts}, tar pit {tarpit})")
     return 0
 
 

@@ -29,7 +29,16 @@ from pydantic import (
 )
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 _NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 
 
@@ -94,7 +103,9 @@ class Section(BaseModel):
 
 class ServerConfig(Section):
     listen: list[ListenAddress] = Field(default=["127.0.0.1:2525"], min_length=1)
-    hostname: str = Field(default_factory=socket.getfqdn, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-]+$")
+    hostname: str = Field(
+        default_factory=socket.getfqdn, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-]+$"
+    )
     bare_newline: Literal["normalize", "reject"] = "normalize"
     shutdown_grace: Seconds = Field(default=30.0, ge=0, le=600)
 
@@ -164,8 +175,13 @@ class Config(Section):
     source: Path | None = Field(default=None, exclude=True)
 
 
-_PATH_KEYS = (("recipients", "file"), ("delivery", "maildir"), ("tls", "certificate"),
-              ("tls", "private_key"), ("auth", "users_file"))
+_PATH_KEYS = (
+    ("recipients", "file"),
+    ("delivery", "maildir"),
+    ("tls", "certificate"),
+    ("tls", "private_key"),
+    ("auth", "users_file"),
+)
 
 
 def load(path: Path | None) -> Config:

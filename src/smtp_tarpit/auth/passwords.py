@@ -32,7 +32,9 @@ def _b64(data: bytes) -> str:
 
 
 def _derive(password: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=1 << log2_n, r=r, p=p, maxmem=_MAXMEM, dklen=32)
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=1 << log2_n, r=r, p=p, maxmem=_MAXMEM, dklen=32
+    )
 
 
 def hash_password(password: str) -> str:
@@ -69,7 +71,10 @@ class Users:
 
 
 def load_users(path: Path) -> Users:
-    """Read ``name:hash`` lines (``#`` comments); raises OSError if unreadable, UsersFileError if malformed."""
+    """Read ``name:hash`` lines (``#`` comments).
+
+    Raises OSError if the file is unreadable, UsersFileError if a line is malformed.
+    """
     hashes: dict[str, str] = {}
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
@@ -77,6 +82,8 @@ def load_users(path: Path) -> Users:
             continue
         name, colon, stored = line.partition(":")
         if not colon or not name or not check_hash(stored):
-            raise UsersFileError(f"{path}:{number}: expected 'name:hash' with a hash from 'smtp-tarpit hash-password'")
+            raise UsersFileError(
+                f"{path}:{number}: expected 'name:hash' with a hash from 'smtp-tarpit hash-password'"
+            )
         hashes[name] = stored
     return Users(hashes)

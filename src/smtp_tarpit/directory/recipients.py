@@ -22,7 +22,6 @@ from pathlib import Path
 
 from smtp_tarpit.protocol.address import Address, AddressError, parse_mailbox
 
-
 _COMMENT = re.compile(r"(?:^|\s)#.*")
 
 

@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,12 +123,12 @@ class SmtpConnection:
     def receive_data(self, chunk: bytes) -> None:
         if self.state is State.CLOSED:
             return
-        if self.state is State.DATA and self._oversize:
-            # Past the size limit keep only the tail that may hold the start of the end marker.
-            self._buf = self._buf[-4:] + chunk
-            self._scan = 0
-            return
         self._buf += chunk
+        if self.state is State.DATA and self._oversize and data.END not in self._buf:
+            # Past the size limit keep only the tail that may hold the start of the end marker (never the
+            # marker itself, nor the commands after it, when several chunks arrive before next_event).
+            del self._buf[:-4]
+            self._scan = 0
 
     @property
     def buffered(self) -> int:
@@ -175,7 +174,9 @@ class SmtpConnection:
         return line[:-1] if line.endswith(b"\r") else line
 
     def _read_data(self) -> Event | None:
-        end = data.find_end(self._buf, self._scan, at_start=self._scan == 0 and not self._oversize)
+        # The buffer begins where the text begins until an oversize part is dropped (even if the first
+        # chunk was only "." and the scan has moved on).
+        end = data.find_end(self._buf, self._scan, at_start=not self._oversize)
         if end < 0:
             self._scan = len(self._buf)
             if len(self._buf) > self.limits.message_size + 5:
@@ -202,7 +203,8 @@ class SmtpConnection:
         if self.state is State.SASL:
             return self._sasl_step(text)
         word, _, argument = text.partition(" ")
-        verb = VERBS.get(word.upper().encode("ascii", "replace"))
+        # ASCII only: str.upper() would turn lookalikes such as "MA\u0131L" into a verb.
+        verb = VERBS.get(word.upper().encode()) if word.isascii() else None
         if verb is None:
             return Answer(replies.UNKNOWN_COMMAND, Problem.UNKNOWN_COMMAND)
         refusal, after = lookup(self.state, verb)
@@ -247,7 +249,7 @@ class SmtpConnection:
         size: int | None = None
         smtputf8 = "SMTPUTF8" in params
         for key, value in params.items():
-            if key == "SIZE" and value is not None and value.isdigit() and len(value) <= 20:
+            if key == "SIZE" and value is not None and _is_number(value):
                 size = int(value)
             elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
                 pass
@@ -265,12 +267,13 @@ class SmtpConnection:
         if argument[:3].upper() != "TO:":
             return Answer(replies.SYNTAX_RCPT, Problem.SYNTAX)
         try:
-            recipient, params = parse_path(argument[3:], allow_null=False)
+            recipient, params = parse_path(argument[3:], allow_null=True)
         except AddressError:
             return Answer(replies.BAD_RECIPIENT_SYNTAX, Problem.SYNTAX)
+        if recipient is None:
+            return Answer(replies.NULL_RECIPIENT, Problem.SYNTAX)
         if params:
             return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
-        assert recipient is not None
         if not recipient.is_ascii and not self.smtputf8:
             return Answer(replies.NON_ASCII_ADDRESS, Problem.SYNTAX)
         if self.recipients >= self.limits.recipients:
@@ -334,7 +337,7 @@ class SmtpConnection:
             return Answer(replies.AUTH_CANCELLED, Problem.AUTH_PROTOCOL)
         try:
             decoded = base64.b64decode(text, validate=True).decode("utf-8") if text != "=" else ""
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError and non-ASCII text are all ValueErrors
             return Answer(replies.AUTH_BAD_ENCODING, Problem.AUTH_PROTOCOL)
         if self._sasl_mechanism == "LOGIN" and not self._sasl_user:
             self._sasl_user = decoded or "\x00"
@@ -418,6 +421,7 @@ class SmtpConnection:
             del self._buf[:]  # CVE-2011-0411: nothing sent in plaintext survives the handshake
             self._reset_transaction()
             self.state, self.tls_active, self.helo_name, self.extended = State.INIT, True, "", False
+            self.authenticated = False  # RFC 3207 4.2: forget all that was learnt before the handshake
 
     def _auth_transition(self, event: Event, reply: Reply) -> None:
         self._after = None
@@ -427,6 +431,11 @@ class SmtpConnection:
     def _reset_transaction(self) -> None:
         self.recipients = 0
         self.smtputf8 = False
+
+
+def _is_number(text: str) -> bool:
+    # ASCII digits only: str.isdigit() also accepts "\u00b2", on which int() raises.
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 _PARSERS: dict[Verb, Callable[[SmtpConnection, str], Event]] = {

@@ -35,7 +35,9 @@ class Executor:
         if isinstance(decision, Delay):
             log.debug("delaying %d reply to %s by %.3fs", reply.code, session.client, decision.seconds)
             self.held += 1
-            session.hold = self._loop.call_later(decision.seconds, self._release, session, wire, decision.seconds)
+            session.hold = self._loop.call_later(
+                decision.seconds, self._release, session, wire, decision.seconds
+            )
             return False
         self._write(session, wire)
         return True

@@ -84,8 +84,11 @@ class Server:
             log.error("reload refused, keeping the old recipients: %s", exc)
             return
         self.runtime = replace(self.runtime, directory=directory)
-        log.info("reloaded recipients: %d addresses, %d catch-all domains",
-                 len(directory.mailboxes), len(directory.catch_all))
+        log.info(
+            "reloaded recipients: %d addresses, %d catch-all domains",
+            len(directory.mailboxes),
+            len(directory.catch_all),
+        )
 
     async def shutdown(self) -> None:
         grace = self.runtime.config.server.shutdown_grace
@@ -94,7 +97,7 @@ class Server:
         for listener in self.listeners:
             listener.close()
         for session in list(self.sessions):
-            if not session.conn.in_data and not session.busy or session.hold is not None:
+            if (not session.conn.in_data and not session.busy) or session.hold is not None:
                 self._cut(session)
         deadline = self.loop.time() + grace
         while self.sessions and self.loop.time() < deadline:

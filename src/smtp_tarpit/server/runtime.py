@@ -73,7 +73,9 @@ def load_directory(config: Config) -> Directory:
     try:
         return recipients.load(config.recipients.domains, path)
     except OSError as exc:
-        raise ConfigError(f"{_where(config)}: [recipients] file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"{_where(config)}: [recipients] file: cannot read {path}: {exc.strerror}"
+        ) from None
     except (DirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{_where(config)}: [recipients] file: {exc}") from None
 
@@ -85,7 +87,9 @@ def _users(config: Config) -> Users | None:
     try:
         return load_users(path)
     except OSError as exc:
-        raise ConfigError(f"{_where(config)}: [auth] users_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"{_where(config)}: [auth] users_file: cannot read {path}: {exc.strerror}"
+        ) from None
     except (UsersFileError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{_where(config)}: [auth] users_file: {exc}") from None
 
@@ -103,7 +107,9 @@ def _tls(config: Config) -> ssl.SSLContext | None:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "unusable"
-        raise ConfigError(f"{_where(config)}: [tls] certificate: cannot load {cert} with {key}: {reason}") from None
+        raise ConfigError(
+            f"{_where(config)}: [tls] certificate: cannot load {cert} with {key}: {reason}"
+        ) from None
     return context
 
 

@@ -133,8 +133,13 @@ class Session(asyncio.Protocol):
         if self.outcome != "refused":
             log.info(
                 "session end client=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs outcome=%s",
-                self.client, self.conn.helo_name or "-", self.commands, self.errors, self.delayed,
-                self.server.loop.time() - self.started, self.outcome,
+                self.client,
+                self.conn.helo_name or "-",
+                self.commands,
+                self.errors,
+                self.delayed,
+                self.server.loop.time() - self.started,
+                self.outcome,
             )
 
     def data_received(self, data: bytes) -> None:
@@ -262,8 +267,9 @@ class Session(asyncio.Protocol):
         transaction, self.transaction = self.transaction, None
         assert transaction is not None
         message_id = self.server.new_message_id()
-        envelope = Envelope(message_id, transaction.sender, tuple(transaction.mailboxes),
-                            tuple(transaction.recipients))
+        envelope = Envelope(
+            message_id, transaction.sender, tuple(transaction.mailboxes), tuple(transaction.recipients)
+        )
         content = self._trace_headers(envelope, transaction) + event.content
         self.server.spawn(self._deliver(envelope, content))
         return None
@@ -281,8 +287,13 @@ class Session(asyncio.Protocol):
             result, reply = "delivered", replies.queued(envelope.message_id)
         log.info(
             "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
-            envelope.message_id, self.client, envelope.sender, ",".join(f"<{r}>" for r in envelope.recipients),
-            len(content), result, time.monotonic() - started,
+            envelope.message_id,
+            self.client,
+            envelope.sender,
+            ",".join(f"<{r}>" for r in envelope.recipients),
+            len(content),
+            result,
+            time.monotonic() - started,
         )
         self._finish(reply)
 
@@ -298,7 +309,7 @@ class Session(asyncio.Protocol):
             f"Return-Path: <{envelope.sender}>\r\n"
             f"Received: from {helo} ([{self.client}])\r\n\tby {hostname} (smtp-tarpit) with {protocol} "
             f"id {envelope.message_id}{recipient};\r\n\t{stamp}\r\n"
-        ).encode("utf-8")
+        ).encode()
 
     def _on_simple(self, event: Event) -> Reply | None:
         return _SIMPLE[type(event)](self)
@@ -316,7 +327,7 @@ class Session(asyncio.Protocol):
             transport = await self.server.loop.start_tls(
                 self.transport, self, runtime.tls, server_side=True, ssl_handshake_timeout=30
             )
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("TLS handshake with %s failed: %s", self.client, exc.__class__.__name__)
             if self.transport is not None:
                 self.transport.abort()
@@ -338,8 +349,13 @@ class Session(asyncio.Protocol):
         ok = False
         if users is not None and event.authzid in ("", event.username):
             ok = await asyncio.to_thread(users.check, event.username, event.password)
-        log.info("auth client=%s user=%s mechanism=%s result=%s", self.client, event.username[:64],
-                 event.mechanism, "ok" if ok else "failed")
+        log.info(
+            "auth client=%s user=%s mechanism=%s result=%s",
+            self.client,
+            event.username[:64],
+            event.mechanism,
+            "ok" if ok else "failed",
+        )
         self._finish(replies.AUTH_OK if ok else replies.AUTH_FAILED)
 
     def _on_answer(self, event: Event) -> Reply | None:

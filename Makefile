@@ -1,0 +1,42 @@
+# smtp-tarpit: `make run` sets up and runs the server on config/smtp-tarpit.toml; `make test` runs every test.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+
+.PHONY: run test lint typecheck unit e2e system-deps bench clean
+
+$(STAMP): pyproject.toml
+	@$(PY) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
+	  rm -rf $(VENV); apt-get update -q && $(APT) python3-venv && $(PY) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/smtp-tarpit serve --config config/smtp-tarpit.toml
+
+# Debian packages the tests talk to: swaks (a real SMTP client). Installed when missing and we are root.
+system-deps:
+	@if ! command -v swaks >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && $(APT) swaks; \
+	  else echo "swaks not installed and not root: the swaks tests will be skipped"; fi; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/held_connections.py --connections 2000
+	$(BIN)/python bench/maildir_rate.py --clients 20 --messages 2000 --runs 3
+
+clean:
+	rm -rf $(VENV) var build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,47 @@
+"""Maildir delivery without sockets: layout, safe names, durability sequence, failure is an error."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smtp_tarpit.delivery import DeliveryError, Envelope
+from smtp_tarpit.delivery.maildir import MaildirDeliverer, safe_name
+
+
+@given(st.text(min_size=1, max_size=64))
+def test_safe_name_is_one_harmless_path_component(local: str) -> None:
+    name = safe_name(local)
+    assert "/" not in name and "\x00" not in name
+    assert not name.startswith(".")
+    assert name not in ("", ".", "..")
+
+
+def test_safe_name_is_injective_on_tricky_names() -> None:
+    names = ["..", ".x", "%2Ex", "a/b", "a%2Fb", "a%b"]
+    assert len({safe_name(n) for n in names}) == len(names)
+
+
+def test_delivery_writes_one_complete_file_per_mailbox(tmp_path: Path) -> None:
+    deliverer = MaildirDeliverer(tmp_path)
+    envelope = Envelope("ID1", "s@r.test", ("alice@example.test", "bob@example.test"), ("a", "b"))
+    asyncio.run(deliverer.deliver(envelope, b"Subject: x\r\n\r\nbody\r\n"))
+    for local in ("alice", "bob"):
+        box = tmp_path / "example.test" / local
+        assert sorted(p.name for p in box.iterdir()) == ["cur", "new", "tmp"]
+        [stored] = list((box / "new").iterdir())
+        assert stored.read_bytes() == b"Subject: x\n\nbody\n"
+        assert stored.name.endswith(",S=17")
+        assert list((box / "tmp").iterdir()) == []
+
+
+def test_a_file_in_the_way_is_a_delivery_error(tmp_path: Path) -> None:
+    (tmp_path / "example.test").write_text("not a directory")
+    with pytest.raises(DeliveryError):
+        asyncio.run(
+            MaildirDeliverer(tmp_path).deliver(Envelope("I", "", ("a@example.test",), ("a",)), b"x\r\n")
+        )
