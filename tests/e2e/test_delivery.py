@@ -176,3 +176,14 @@ def test_sighup_reloads_the_recipients_file(server: RunningServer) -> None:
         smtp.ehlo("client.test")
         smtp.mail("s@remote.test")
         assert smtp.rcpt("newcomer@example.test")[0] == 250
+
+
+def test_ipv6_listener_and_exempt_ipv6_network(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(server={"listen": ["[::1]:0"]}, tarpit={"delay": 2, "exempt_networks": ["::1/128"]})
+    assert server.host == "::1"
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        smtp.ehlo("client.test")
+        smtp.mail("s@remote.test")
+        assert smtp.rcpt("alice@example.test")[0] == 250
+        assert smtp.rcpt("nobody@example.test")[0] == 550  # at once: ::1 is exempt
+    server.wait_for_log(r"session end client=::1 .*delayed=0\.0s")

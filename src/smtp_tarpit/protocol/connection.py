@@ -193,7 +193,8 @@ class SmtpConnection:
 
     def _line_event(self, line: bytes | _TooLong) -> Event:
         if isinstance(line, _TooLong):
-            return Answer(replies.command_line_too_long(self.limits.command_line), Problem.LINE_TOO_LONG)
+            limit = SASL_LINE_LIMIT if self.state is State.SASL else self.limits.command_line
+            return Answer(replies.command_line_too_long(limit), Problem.LINE_TOO_LONG)
         if b"\x00" in line:
             return Answer(replies.NUL_IN_COMMAND, Problem.SYNTAX)
         try:

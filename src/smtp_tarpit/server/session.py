@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from smtp_tarpit.delivery import DeliveryError, Envelope
 from smtp_tarpit.directory.recipients import Verdict
-from smtp_tarpit.policy.decisions import SessionFacts
+from smtp_tarpit.policy.decisions import IPAddress, SessionFacts
 from smtp_tarpit.protocol import Features, SmtpConnection, replies
 from smtp_tarpit.protocol.events import (
     Answer,
@@ -98,7 +98,7 @@ class Session(asyncio.Protocol):
         self.delayed = 0.0
         self.outcome = "disconnect"
         self.started = self.last_active = 0.0
-        self.client = parse_peer(None)
+        self.client: IPAddress | None = None
         self.exempt = False
 
     # --- connection lifecycle ----------------------------------------------------------------------------
@@ -167,7 +167,11 @@ class Session(asyncio.Protocol):
                     self.transport.resume_reading()
                 return
             self.commands += 1
-            reply = _HANDLERS[type(event)](self, event)
+            try:
+                reply = _HANDLERS[type(event)](self, event)
+            except Exception:  # a bug of ours: log it, tell the client to retry, show it nothing
+                log.exception("internal error answering %s from %s", type(event).__name__, self.client)
+                reply = replies.LOCAL_ERROR
             if reply is None:
                 self.busy = True  # the handler answers later through _finish
                 return
@@ -347,8 +351,13 @@ class Session(asyncio.Protocol):
     async def _check_password(self, event: AuthCredentials) -> None:
         users = self.server.runtime.users
         ok = False
-        if users is not None and event.authzid in ("", event.username):
-            ok = await asyncio.to_thread(users.check, event.username, event.password)
+        try:
+            if users is not None and event.authzid in ("", event.username):
+                ok = await asyncio.to_thread(users.check, event.username, event.password)
+        except Exception:
+            log.exception("password check for %s failed unexpectedly", self.client)
+            self._finish(replies.AUTH_TEMPORARY_FAILURE)
+            return
         log.info(
             "auth client=%s user=%s mechanism=%s result=%s",
             self.client,
