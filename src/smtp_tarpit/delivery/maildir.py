@@ -48,13 +48,12 @@ class MaildirDeliverer:
         self._ready: set[Path] = set()
 
     def check(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".probe.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise DeliveryError(f"maildir {self.root}: {exc.strerror}") from None
+        """The root, or the folder it will be made in on first delivery, must be a writable directory."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise DeliveryError(f"{existing} is not a writable directory")
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         try:
@@ -88,7 +87,7 @@ class MaildirDeliverer:
         for sub in ("tmp", "new", "cur"):
             (box / sub).mkdir(parents=True, exist_ok=True)
         # Make the new directories themselves durable: fsync every parent up to the root.
-        for directory in (box, box.parent, self.root):
+        for directory in (box, box.parent, self.root, self.root.parent):
             _fsync_dir(directory)
         self._ready.add(box)
 

@@ -54,6 +54,14 @@ log = logging.getLogger("smtp_tarpit.session")
 HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
 
 
+_COMMENT_UNSAFE = str.maketrans("()\\", "???")
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """Client-supplied text made safe for a log line or a header: no control or separator characters."""
+    return "".join(c if c.isprintable() and c != " " else "?" for c in text[:limit])
+
+
 class Transaction:
     __slots__ = ("mailboxes", "recipients", "sender", "smtputf8")
 
@@ -118,7 +126,8 @@ class Session(asyncio.Protocol):
         self.conn = SmtpConnection(runtime.limits, features)
         if not self.server.admit(self):
             self.outcome = "refused"
-            self.server.executor.cut(self, replies.TOO_MANY_CONNECTIONS)
+            refusal = replies.SHUTTING_DOWN if self.server.draining else replies.TOO_MANY_CONNECTIONS
+            self.server.executor.cut(self, refusal)
             transport.close()
             return
         self._answer(replies.greeting(runtime.config.server.hostname))
@@ -134,7 +143,7 @@ class Session(asyncio.Protocol):
             log.info(
                 "session end client=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs outcome=%s",
                 self.client,
-                self.conn.helo_name or "-",
+                printable(self.conn.helo_name) or "-",
                 self.commands,
                 self.errors,
                 self.delayed,
@@ -293,8 +302,8 @@ class Session(asyncio.Protocol):
             "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
             envelope.message_id,
             self.client,
-            envelope.sender,
-            ",".join(f"<{r}>" for r in envelope.recipients),
+            printable(envelope.sender),
+            ",".join(f"<{printable(r)}>" for r in envelope.recipients),
             len(content),
             result,
             time.monotonic() - started,
@@ -306,7 +315,7 @@ class Session(asyncio.Protocol):
         protocol = ("UTF8SMTP" if transaction.smtputf8 else "ESMTP") if self.conn.extended else "SMTP"
         if self.conn.extended and not transaction.smtputf8:
             protocol += ("S" if self.conn.tls_active else "") + ("A" if self.conn.authenticated else "")
-        helo = "".join(c if c.isprintable() and c not in "()\\" else "?" for c in self.conn.helo_name)
+        helo = printable(self.conn.helo_name, limit=255).translate(_COMMENT_UNSAFE)
         recipient = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
         stamp = format_datetime(datetime.now().astimezone())
         return (
