@@ -353,7 +353,13 @@ class SmtpConnection:
     # --- output ------------------------------------------------------------------------------------------
 
     def extensions(self) -> tuple[str, ...]:
-        found = ["PIPELINING", f"SIZE {self.limits.message_size}", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        found = [
+            "PIPELINING",
+            f"SIZE {self.limits.message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+        ]
         if self.features.starttls and not self.tls_active:
             found.append("STARTTLS")
         if self.auth_offered and not self.authenticated:

@@ -1,0 +1,144 @@
+"""Test helpers for the sans-IO core: a canonical responder and a driver that turns bytes into bytes.
+
+The responder stands in for the session: it answers each event the way a plain, tarpit-free server would
+(recipients known from a fixed set, credentials alice/secret). ``Dialogue`` feeds client bytes into an
+``SmtpConnection``, answers every event with the responder and returns the bytes the server would write.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from smtp_tarpit.protocol import NEED_DATA, Features, Limits, SmtpConnection, replies
+from smtp_tarpit.protocol.events import (
+    Answer,
+    AuthCredentials,
+    Data,
+    Event,
+    Helo,
+    Help,
+    Mail,
+    Message,
+    Noop,
+    Quit,
+    Rcpt,
+    Rset,
+    StartTls,
+    Vrfy,
+)
+from smtp_tarpit.protocol.replies import Reply
+
+HOST = "mx.example.test"
+KNOWN_RECIPIENTS = frozenset({"alice@example.test", "bob@example.test", "postmaster"})
+USER, PASSWORD = "alice", "secret"
+MESSAGE_ID = "TESTID"
+ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+
+Responder = Callable[[SmtpConnection, Event], Reply]
+
+
+def canonical_reply(conn: SmtpConnection, event: Event) -> Reply:
+    """The reply a plain server without tar pit gives to ``event``."""
+    match event:
+        case Helo(extended=True):
+            return replies.ehlo(HOST, conn.extensions())
+        case Helo():
+            return replies.helo(HOST)
+        case Mail():
+            return replies.SENDER_OK
+        case Rcpt(recipient=recipient):
+            return replies.RECIPIENT_OK if recipient.key in KNOWN_RECIPIENTS else replies.UNKNOWN_USER
+        case Data():
+            return replies.START_DATA
+        case Message():
+            return replies.queued(MESSAGE_ID)
+        case Rset() | Noop():
+            return replies.OK
+        case Quit():
+            return replies.bye(HOST)
+        case Vrfy():
+            return replies.VRFY_CANNOT
+        case Help():
+            return replies.HELP
+        case StartTls():
+            return replies.READY_FOR_TLS
+        case AuthCredentials(username=username, password=password):
+            return replies.AUTH_OK if (username, password) == (USER, PASSWORD) else replies.AUTH_FAILED
+        case Answer(reply=reply):
+            return reply
+    raise AssertionError(f"unexpected event {event!r}")
+
+
+def with_overrides(overrides: dict[type, Reply]) -> Responder:
+    """The canonical responder, except for the event types in ``overrides``."""
+
+    def respond(conn: SmtpConnection, event: Event) -> Reply:
+        return overrides.get(type(event)) or canonical_reply(conn, event)
+
+    return respond
+
+
+@dataclass
+class Dialogue:
+    """One client's session with the core: ``feed(bytes) -> bytes`` answered by a responder."""
+
+    limits: Limits = field(default_factory=Limits)
+    features: Features = field(default_factory=Features)
+    responder: Responder = canonical_reply
+    greet: bool = True
+    events: list[Event] = field(default_factory=list)
+    conn: SmtpConnection = field(init=False)
+    greeting: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        self.conn = SmtpConnection(self.limits, self.features)
+        if self.greet:
+            self.greeting = self.conn.send(replies.greeting(HOST))
+
+    def feed(self, data: bytes) -> bytes:
+        self.conn.receive_data(data)
+        return self.drain()
+
+    def drain(self) -> bytes:
+        out = bytearray()
+        while (event := self.conn.next_event()) is not NEED_DATA:
+            self.events.append(event)
+            out += self.conn.send(self.responder(self.conn, event))
+        return bytes(out)
+
+    def say(self, data: bytes) -> list[str]:
+        """Feed ``data``; return the reply lines written, without their CRLF."""
+        return reply_lines(self.feed(data))
+
+    def codes(self, data: bytes) -> list[str]:
+        """Feed ``data``; return '<code> <enhanced code>' (or '<code>' if it has none) of each reply."""
+        return [_code(line) for line in self.say(data) if line[3:4] == " "]
+
+    @property
+    def messages(self) -> list[bytes]:
+        return [event.content for event in self.events if isinstance(event, Message)]
+
+
+def _code(line: str) -> str:
+    words = line.split(" ")
+    return " ".join(words[:2]) if len(words) > 1 and ENHANCED.fullmatch(words[1]) else words[0]
+
+
+def reply_lines(wire: bytes) -> list[str]:
+    text = wire.decode("utf-8")
+    assert text == "" or text.endswith("\r\n"), text
+    return text.split("\r\n")[:-1]
+
+
+TRANSACTION = b"MAIL FROM:<sender@example.org>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+
+
+def in_data(limits: Limits | None = None, features: Features | None = None) -> Dialogue:
+    """A dialogue that has been greeted, said EHLO, and had its DATA answered 354."""
+    dialogue = Dialogue(limits or Limits(), features or Features())
+    out = dialogue.feed(b"EHLO client.example\r\n" + TRANSACTION)
+    assert out.endswith(replies.START_DATA.wire), out
+    assert dialogue.conn.in_data
+    return dialogue
