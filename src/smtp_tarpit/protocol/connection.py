@@ -32,6 +32,7 @@ from smtp_tarpit.protocol.events import (
     Help,
     Mail,
     Message,
+    NeedData,
     Noop,
     Problem,
     Quit,
@@ -39,7 +40,6 @@ from smtp_tarpit.protocol.events import (
     Rset,
     StartTls,
     Vrfy,
-    _NeedData,
 )
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.protocol.state import VERBS, State, Verb, lookup
@@ -142,7 +142,7 @@ class SmtpConnection:
     def in_data(self) -> bool:
         return self.state is State.DATA
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         if self._pending is not None:
             raise LocalProtocolError("the previous event has not been answered")
         if self.state is State.CLOSED:

@@ -36,6 +36,7 @@ from smtp_tarpit.protocol.events import (
     Help,
     Mail,
     Message,
+    NeedData,
     Noop,
     Quit,
     Rcpt,
@@ -43,7 +44,6 @@ from smtp_tarpit.protocol.events import (
     StartTls,
     Vrfy,
 )
-from smtp_tarpit.protocol.events import _NeedData as NeedData
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
 
