@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,15 @@ def test_bad_listen_and_non_table_sections(tmp_path: Path) -> None:
         _load(tmp_path, '[server]\nlisten = ["nope"]\n')
     with pytest.raises(ConfigError, match="tarpit: must be a table"):
         _load(tmp_path, "tarpit = 5\n")
+
+
+def test_every_option_is_documented_in_the_example_config() -> None:
+    example = (Path(__file__).resolve().parents[2] / "config" / "smtp-tarpit.toml").read_text()
+    for section_name, section in Config.model_fields.items():
+        if section_name == "source":
+            continue
+        assert f"[{section_name}]" in example, section_name
+        model = section.annotation
+        assert model is not None
+        for key in model.model_fields:  # type: ignore[union-attr]
+            assert re.search(rf"^#? ?{key} = ", example, re.MULTILINE), f"[{section_name}] {key} undocumented"
