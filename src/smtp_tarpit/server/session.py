@@ -10,7 +10,7 @@ its own delay. Reading pauses when that buffer grows past a high-water mark.
 Invariants:
 - ``busy`` is true exactly while a reply is held or an answer is pending; the pump never runs then.
 - The idle timer measures the client's silence only: time spent holding a reply never counts against it.
-- Between the 220 to STARTTLS and the end of the handshake, received bytes are dropped (CVE-2011-0411).
+- Bytes that reach us on the plaintext transport after our 220 to STARTTLS are dropped (CVE-2011-0411).
 """
 
 from __future__ import annotations
@@ -152,8 +152,11 @@ class Session(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        if self.tls_upgrading:
-            return  # plaintext sent after our 220 to STARTTLS: never executed
+        if self.tls_upgrading and self.transport is not None and self.transport.get_protocol() is self:
+            # Plaintext sent after our 220 to STARTTLS, before the handshake: never executed. Once
+            # start_tls has taken the socket over, data reaches us decrypted (possibly before start_tls
+            # returns, with the client's last handshake flight): that is kept and answered after it.
+            return
         self.last_active = self.server.loop.time()
         self.conn.receive_data(data)
         if self.conn.buffered > HIGH_WATER and not self.paused and not self.conn.in_data:
@@ -338,7 +341,14 @@ class Session(asyncio.Protocol):
         assert runtime.tls is not None and self.transport is not None
         try:
             transport = await self.server.loop.start_tls(
-                self.transport, self, runtime.tls, server_side=True, ssl_handshake_timeout=30
+                self.transport,
+                self,
+                runtime.tls,
+                server_side=True,
+                ssl_handshake_timeout=30,
+                # After our 221/421 a client that never answers close_notify must not hold the session
+                # (and a shutdown) for asyncio's default 30 s.
+                ssl_shutdown_timeout=2,
             )
         except (TimeoutError, OSError, ConnectionError) as exc:
             log.info("TLS handshake with %s failed: %s", self.client, exc.__class__.__name__)
