@@ -106,7 +106,7 @@ async def _run(built: runtime_module.Runtime) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
-    log.info("smtp-tarpit %s ready (tar pit delay %gs)", __version__, built.policy.delay)
+    log.info("smtp-tarpit %s ready (tar pit delay %gs)", __version__, built.settings.delay)
     await stop.wait()
     await server.shutdown()
     log.info("stopped")

@@ -117,6 +117,8 @@ class LimitsConfig(Section):
     recipients_per_message: int = Field(default=100, ge=1, le=100_000)
     idle_timeout: Seconds = Field(default=300.0, ge=1, le=3600)
     max_connections: int = Field(default=20_000, ge=1, le=1_000_000)
+    connections_per_client: int = Field(default=50, ge=1, le=1_000_000)
+    max_tarpitted: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class RecipientsConfig(Section):
@@ -141,6 +143,50 @@ class TarpitConfig(Section):
     # sender that hits an error must get its 5xx before it times out, or it retries instead of bouncing.
     delay: Seconds = Field(default=0.0, ge=0, le=240)
     exempt_networks: list[Network] = []
+    exempt_hostnames: list[str] = []
+    growth: float = Field(default=1.0, ge=1, le=10)
+    max_delay: Seconds = Field(default=60.0, ge=0, le=240)
+    session_budget: Seconds = Field(default=1200.0, ge=1, le=86400)
+    hard_error_limit: int = Field(default=20, ge=0, le=100_000)
+    mode: Literal["enforce", "watch"] = "enforce"
+    stutter: bool = False
+    stutter_interval: Seconds = Field(default=1.0, ge=0.05, le=60)
+    auth_failure_delay: Seconds | None = Field(default=None, ge=0, le=240)
+
+    @field_validator("exempt_hostnames")
+    @classmethod
+    def _hostnames(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?", name):
+                raise ValueError(f"not a host name or '.suffix': {name!r}")
+        return [n.lower() for n in names]
+
+
+class HarvestConfig(Section):
+    threshold: int = Field(default=0, ge=0, le=100_000)
+    window: Seconds = Field(default=3600.0, ge=1, le=30 * 86400)
+    hold_for: Seconds = Field(default=3600.0, ge=1, le=30 * 86400)
+    action: Literal["tempfail", "accept-then-defer"] = "tempfail"
+    delay: Seconds = Field(default=30.0, ge=0, le=240)
+
+
+class ReputationConfig(Section):
+    store: Literal["memory"] = "memory"
+    half_life: Seconds = Field(default=0.0, ge=0, le=365 * 86400)
+    prefix_v4: int = Field(default=24, ge=8, le=32)
+    prefix_v6: int = Field(default=64, ge=16, le=128)
+    prefix_weight: float = Field(default=0.5, ge=0, le=1)
+    max_score: float = Field(default=100.0, ge=1, le=10_000)
+    max_entries: int = Field(default=100_000, ge=100, le=100_000_000)
+
+
+class GreetConfig(Section):
+    pause: Seconds = Field(default=0.0, ge=0, le=240)
+    teaser: bool = False
+
+
+class AdminConfig(Section):
+    socket: Path = Path("admin.sock")
 
 
 class TlsConfig(Section):
@@ -169,6 +215,10 @@ class Config(Section):
     recipients: RecipientsConfig = RecipientsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     tarpit: TarpitConfig = TarpitConfig()
+    harvest: HarvestConfig = HarvestConfig()
+    reputation: ReputationConfig = ReputationConfig()
+    greet: GreetConfig = GreetConfig()
+    admin: AdminConfig = AdminConfig()
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
@@ -181,6 +231,7 @@ _PATH_KEYS = (
     ("tls", "certificate"),
     ("tls", "private_key"),
     ("auth", "users_file"),
+    ("admin", "socket"),
 )
 
 

@@ -56,7 +56,11 @@ def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
 # --- constructors for the replies with a variable part (our own data only) ---------------------------------
 
 
-def greeting(hostname: str) -> Reply:
+def greeting(hostname: str, teaser: bool = False) -> Reply:
+    # The teaser form has two lines: the first goes out at once, the last after [greet] pause, and a
+    # client that talks before the last line is an early talker (as Postfix's postscreen does it).
+    if teaser:
+        return _r(220, None, f"{hostname} ESMTP", f"{hostname} ESMTP smtp-tarpit")
     return _r(220, None, f"{hostname} ESMTP smtp-tarpit")
 
 
@@ -115,6 +119,10 @@ LOCAL_ERROR = _r(451, "4.3.0", "Temporary local problem, please try again later"
 IDLE_TIMEOUT = _r(421, "4.4.2", "Idle timeout, closing connection")
 SHUTTING_DOWN = _r(421, "4.3.2", "Service shutting down, please try again later")
 TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "Too many connections, please try again later")
+TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors, closing connection")
+SERVER_BUSY = _r(421, "4.7.0", "Server busy, please try again later")
+TRY_AGAIN_LATER = _r(450, "4.7.1", "Try again later")  # the harvest defence's uniform answer
+DEFER_MESSAGE = _r(451, "4.7.1", "Try again later")
 TLS_UNAVAILABLE = _r(454, "4.7.0", "TLS not available, please try again later")
 AUTH_TEMPORARY_FAILURE = _r(454, "4.7.0", "Temporary authentication failure")
 
@@ -145,6 +153,7 @@ NULL_RECIPIENT = _r(501, "5.1.3", "Null recipient not allowed")
 UNKNOWN_PARAMETER = _r(555, "5.5.4", "Unsupported MAIL FROM or RCPT TO parameter")
 NON_ASCII_ADDRESS = _r(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 SIZE_DECLARED_TOO_BIG = _r(552, "5.3.4", "Declared message size exceeds fixed limit")
+EARLY_TALKER = _r(554, "5.5.1", "Protocol error: talking before the greeting")
 UNKNOWN_USER = _r(550, "5.1.1", "Recipient address rejected: user unknown")
 RELAY_DENIED = _r(554, "5.7.1", "Relay access denied")
 BARE_NEWLINE = _r(554, "5.5.2", "Message refused: bare <CR> or <LF> in message text")

@@ -19,12 +19,17 @@ from dataclasses import replace
 from typing import Any
 
 from smtp_tarpit.config import ConfigError
+from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.protocol import replies
+from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.executor import Executor
 from smtp_tarpit.server.runtime import Runtime, load_directory
 from smtp_tarpit.server.session import Session
+from smtp_tarpit.server.tarpit import Tarpit
+from smtp_tarpit.state.memory import MemoryStore
 
 log = logging.getLogger("smtp_tarpit.server")
+PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
 
 
 def split_listen(text: str) -> tuple[str, int]:
@@ -36,8 +41,12 @@ class Server:
     def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
         self.runtime = runtime
         self.loop = loop
-        self.executor = Executor(loop)
+        self.executor = Executor(loop, runtime.config.limits.max_tarpitted)
+        self.tarpit = Tarpit(runtime, MemoryStore(runtime.settings, runtime.config.reputation.max_entries))
         self.sessions: set[Session] = set()
+        self.per_client: dict[IPAddress | None, int] = {}
+        self.refused = {"max_connections": 0, "connections_per_client": 0}
+        self._purger: asyncio.TimerHandle | None = None
         self.listeners: list[asyncio.Server] = []
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -57,16 +66,38 @@ class Server:
                 address = sock.getsockname()
                 bound.append((address[0], address[1]))
                 log.info("listening on %s port %d", address[0], address[1])
+        self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
         return bound
 
-    def admit(self, session: Session) -> bool:
-        if len(self.sessions) >= self.runtime.config.limits.max_connections or self.draining:
-            return False
+    def admit(self, session: Session) -> Reply | None:
+        """None to admit the session, or the 421 to refuse it with."""
+        limits = self.runtime.config.limits
+        if self.draining:
+            return replies.SHUTTING_DOWN
+        if len(self.sessions) >= limits.max_connections:
+            self.refused["max_connections"] += 1
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_client.get(session.client, 0) >= limits.connections_per_client:
+            self.refused["connections_per_client"] += 1
+            return replies.TOO_MANY_CONNECTIONS
         self.sessions.add(session)
-        return True
+        self.per_client[session.client] = self.per_client.get(session.client, 0) + 1
+        return None
 
     def forget(self, session: Session) -> None:
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            left = self.per_client.get(session.client, 1) - 1
+            if left > 0:
+                self.per_client[session.client] = left
+            else:
+                self.per_client.pop(session.client, None)
+
+    def _purge(self) -> None:
+        dropped = self.tarpit.store.purge(self.tarpit.now())
+        if dropped:
+            log.debug("forgot %d idle client records", dropped)
+        self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
 
     def new_message_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):06X}"
@@ -84,6 +115,7 @@ class Server:
             log.error("reload refused, keeping the old recipients: %s", exc)
             return
         self.runtime = replace(self.runtime, directory=directory)
+        self.tarpit.configure(self.runtime)
         log.info(
             "reloaded recipients: %d addresses, %d catch-all domains",
             len(directory.mailboxes),
@@ -94,6 +126,8 @@ class Server:
         grace = self.runtime.config.server.shutdown_grace
         log.info("shutting down: %d sessions, grace %.0fs for messages in flight", len(self.sessions), grace)
         self.draining = True
+        if self._purger is not None:
+            self._purger.cancel()
         for listener in self.listeners:
             listener.close()
         for session in list(self.sessions):
@@ -114,4 +148,3 @@ class Server:
             return
         session.outcome = "shutdown"
         self.executor.cut(session, replies.SHUTTING_DOWN)
-        session.transport.close()

@@ -18,7 +18,7 @@ from smtp_tarpit.delivery.maildir import MaildirDeliverer
 from smtp_tarpit.directory import recipients
 from smtp_tarpit.directory.recipients import Directory, DirectoryError
 from smtp_tarpit.policy.decisions import IPAddress
-from smtp_tarpit.policy.seed import SeedPolicy
+from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.protocol import Limits
 
 
@@ -29,7 +29,7 @@ class Runtime:
     users: Users | None
     tls: ssl.SSLContext | None
     deliverer: Deliverer
-    policy: SeedPolicy
+    settings: PolicySettings
     limits: Limits
 
     def exempt(self, client: IPAddress | None) -> bool:
@@ -61,8 +61,31 @@ def build(config: Config) -> Runtime:
         users=_users(config),
         tls=_tls(config),
         deliverer=deliverer,
-        policy=SeedPolicy(config.tarpit.delay),
+        settings=policy_settings(config),
         limits=limits,
+    )
+
+
+def policy_settings(config: Config) -> PolicySettings:
+    tarpit, harvest = config.tarpit, config.harvest
+    return PolicySettings(
+        delay=tarpit.delay,
+        auth_failure_delay=tarpit.delay if tarpit.auth_failure_delay is None else tarpit.auth_failure_delay,
+        growth=tarpit.growth,
+        max_delay=tarpit.max_delay,
+        session_budget=tarpit.session_budget,
+        hard_error_limit=tarpit.hard_error_limit,
+        watch=tarpit.mode == "watch",
+        stutter=tarpit.stutter,
+        stutter_interval=tarpit.stutter_interval,
+        harvest_threshold=harvest.threshold,
+        harvest_window=harvest.window,
+        harvest_hold_for=harvest.hold_for,
+        harvest_action=harvest.action,
+        harvest_delay=harvest.delay,
+        half_life=config.reputation.half_life,
+        prefix_weight=config.reputation.prefix_weight,
+        max_score=config.reputation.max_score,
     )
 
 

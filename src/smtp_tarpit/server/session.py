@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from smtp_tarpit.delivery import DeliveryError, Envelope
 from smtp_tarpit.directory.recipients import Verdict
-from smtp_tarpit.policy.decisions import IPAddress, SessionFacts
+from smtp_tarpit.policy.decisions import Delay, Disconnect, IPAddress, Pass, SessionFacts, Stage
+from smtp_tarpit.policy.reputation import ClientKeys, Observation
 from smtp_tarpit.protocol import Features, SmtpConnection, replies
 from smtp_tarpit.protocol.events import (
     Answer,
@@ -38,6 +39,7 @@ from smtp_tarpit.protocol.events import (
     Message,
     NeedData,
     Noop,
+    Problem,
     Quit,
     Rcpt,
     Rset,
@@ -46,6 +48,7 @@ from smtp_tarpit.protocol.events import (
 )
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
+from smtp_tarpit.server.tarpit import stage_of
 
 if TYPE_CHECKING:
     from smtp_tarpit.server.listener import Server
@@ -62,6 +65,9 @@ def printable(text: str, limit: int = 128) -> str:
     return "".join(c if c.isprintable() and c != " " else "?" for c in text[:limit])
 
 
+_OBSERVED = object()  # the error was already observed when it happened (an unknown recipient at its RCPT)
+
+
 class Transaction:
     __slots__ = ("mailboxes", "recipients", "sender", "smtputf8")
 
@@ -71,6 +77,12 @@ class Transaction:
         self.mailboxes: list[str] = []
         self.recipients: list[str] = []
 
+    def add(self, pending: tuple[str, str]) -> None:
+        mailbox, recipient = pending
+        if mailbox not in self.mailboxes:
+            self.mailboxes.append(mailbox)
+        self.recipients.append(recipient)
+
 
 class Session(asyncio.Protocol):
     __slots__ = (
@@ -79,14 +91,20 @@ class Session(asyncio.Protocol):
         "commands",
         "conn",
         "delayed",
+        "early_talker",
         "errors",
         "exempt",
+        "greeting",
         "hold",
         "idle",
+        "keys",
         "last_active",
+        "observation",
         "outcome",
         "paused",
+        "pending_mailbox",
         "server",
+        "stage",
         "started",
         "tls_upgrading",
         "transaction",
@@ -107,7 +125,11 @@ class Session(asyncio.Protocol):
         self.outcome = "disconnect"
         self.started = self.last_active = 0.0
         self.client: IPAddress | None = None
-        self.exempt = False
+        self.keys: ClientKeys | None = None
+        self.exempt = self.early_talker = self.greeting = False
+        self.stage = Stage.COMMAND
+        self.observation: Observation | object | None = None  # what a 5xx says of the client
+        self.pending_mailbox: tuple[str, str] | None = None
 
     # --- connection lifecycle ----------------------------------------------------------------------------
 
@@ -116,6 +138,7 @@ class Session(asyncio.Protocol):
         runtime = self.server.runtime
         self.transport = transport
         self.client = parse_peer(transport.get_extra_info("peername"))
+        self.keys = self.server.tarpit.keys(self.client)
         self.exempt = runtime.exempt(self.client)
         self.started = self.last_active = self.server.loop.time()
         features = Features(
@@ -124,14 +147,26 @@ class Session(asyncio.Protocol):
             plaintext_auth=runtime.config.auth.plaintext_from_loopback and is_loopback(self.client),
         )
         self.conn = SmtpConnection(runtime.limits, features)
-        if not self.server.admit(self):
+        refusal = self.server.admit(self)
+        if refusal is not None:
             self.outcome = "refused"
-            refusal = replies.SHUTTING_DOWN if self.server.draining else replies.TOO_MANY_CONNECTIONS
             self.server.executor.cut(self, refusal)
-            transport.close()
             return
-        self._answer(replies.greeting(runtime.config.server.hostname))
+        self._greet()
         self._arm_idle(runtime.config.limits.idle_timeout)
+
+    def _greet(self) -> None:
+        config = self.server.runtime.config
+        pause = 0.0 if self.exempt else config.greet.pause
+        greeting = replies.greeting(config.server.hostname, teaser=config.greet.teaser and pause > 0)
+        if pause <= 0:
+            self._answer(greeting)
+            return
+        # Bots are impatient: most hang up within 30 s. Whoever talks before the greeting is an early talker.
+        self.greeting = True
+        lead = greeting.wire.index(b"\n") + 1 if len(greeting.lines) > 1 else 0
+        if not self.server.executor.submit(self, greeting, self.conn.send(greeting), Delay(pause, lead=lead)):
+            self.busy = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.executor.drop(self)
@@ -158,6 +193,9 @@ class Session(asyncio.Protocol):
             # returns, with the client's last handshake flight): that is kept and answered after it.
             return
         self.last_active = self.server.loop.time()
+        if self.greeting and not self.early_talker:
+            self.early_talker = True
+            self.server.tarpit.observe(self.keys, Observation.EARLY_TALK)
         self.conn.receive_data(data)
         if self.conn.buffered > HIGH_WATER and not self.paused and not self.conn.in_data:
             assert self.transport is not None
@@ -179,6 +217,7 @@ class Session(asyncio.Protocol):
                     self.transport.resume_reading()
                 return
             self.commands += 1
+            self.stage = stage_of(type(event).__name__, self.conn.in_data)
             try:
                 reply = _HANDLERS[type(event)](self, event)
             except Exception:  # a bug of ours: log it, tell the client to retry, show it nothing
@@ -189,16 +228,40 @@ class Session(asyncio.Protocol):
                 return
             self._answer(reply)
 
-    def _answer(self, reply: Reply) -> None:
+    def _answer(self, proposed: Reply) -> None:
+        reply, how = self._decide(proposed)
+        if self.pending_mailbox is not None and reply.code == 250 and self.transaction is not None:
+            self.transaction.add(self.pending_mailbox)
+        self.pending_mailbox = None
         wire = self.conn.send(reply)
-        if reply.code >= 400:
-            self.errors += 1
-        facts = SessionFacts(self.client, self.conn.authenticated, self.exempt)
-        decision = self.server.runtime.policy.decide(facts, reply)
-        if self.server.executor.submit(self, reply, wire, decision):
+        if isinstance(how, Disconnect):
+            self.outcome = "too-many-errors"
+        if self.server.executor.submit(self, reply, wire, how):
             self._written()
         else:
             self.busy = True
+
+    def _decide(self, proposed: Reply) -> tuple[Reply, Pass | Delay | Disconnect]:
+        tarpit = self.server.tarpit
+        is_error = proposed.code >= 500
+        facts = SessionFacts(
+            self.client,
+            self.conn.authenticated,
+            self.exempt,
+            self.stage,
+            errors=self.errors + is_error,
+            delayed=self.delayed,
+            early_talker=self.early_talker and self.stage is not Stage.QUIT,
+        )
+        reply, how = tarpit.decide(self.keys, facts, proposed)
+        if reply.code >= 500:
+            self.errors += 1
+            trusted = self.conn.authenticated or self.exempt
+            if reply is proposed and not trusted and self.observation is not _OBSERVED:
+                kind = self.observation if isinstance(self.observation, Observation) else Observation.ERROR
+                tarpit.observe(self.keys, kind)
+        self.observation = None
+        return reply, how
 
     def _finish(self, reply: Reply) -> None:
         """Answer an event whose reply was worked out off the loop, then go on with the input."""
@@ -226,7 +289,6 @@ class Session(asyncio.Protocol):
         elif self.server.draining and not self.conn.in_data and not self.busy:
             self.outcome = "shutdown"
             self.server.executor.cut(self, replies.SHUTTING_DOWN)
-            self.transport.close()
 
     # --- idle timeout ------------------------------------------------------------------------------------
 
@@ -246,7 +308,6 @@ class Session(asyncio.Protocol):
             return
         self.outcome = "timeout"
         self.server.executor.cut(self, replies.IDLE_TIMEOUT)
-        self.transport.close()
 
     # --- event handlers: each returns the reply, or None when the answer comes later ----------------------
 
@@ -269,10 +330,13 @@ class Session(asyncio.Protocol):
         if found.verdict is Verdict.NOT_LOCAL:
             return replies.RELAY_DENIED
         if found.verdict is Verdict.UNKNOWN:
+            # Counted now, before any delay: parallel connections cannot race the harvest flag.
+            if not (self.conn.authenticated or self.exempt):
+                self.server.tarpit.observe(self.keys, Observation.UNKNOWN_RECIPIENT)
+            self.observation = _OBSERVED
             return replies.UNKNOWN_USER
-        if found.mailbox not in self.transaction.mailboxes:
-            self.transaction.mailboxes.append(found.mailbox)
-        self.transaction.recipients.append(str(event.recipient))
+        # Kept aside until the reply is known: the policy may answer a flagged client 450 instead.
+        self.pending_mailbox = (found.mailbox, str(event.recipient))
         return replies.RECIPIENT_OK
 
     def _on_data(self, event: Event) -> Reply | None:
@@ -301,6 +365,8 @@ class Session(asyncio.Protocol):
             result, reply = "deferred (internal error)", replies.LOCAL_ERROR
         else:
             result, reply = "delivered", replies.queued(envelope.message_id)
+            if not (self.conn.authenticated or self.exempt):
+                self.server.tarpit.observe(self.keys, Observation.DELIVERED)
         log.info(
             "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
             envelope.message_id,
@@ -377,6 +443,8 @@ class Session(asyncio.Protocol):
             log.exception("password check for %s failed unexpectedly", self.client)
             self._finish(replies.AUTH_TEMPORARY_FAILURE)
             return
+        if not ok:
+            self.observation = Observation.AUTH_FAILURE
         log.info(
             "auth client=%s user=%s mechanism=%s result=%s",
             self.client,
@@ -388,6 +456,8 @@ class Session(asyncio.Protocol):
 
     def _on_answer(self, event: Event) -> Reply | None:
         assert isinstance(event, Answer)
+        if event.problem is not Problem.CHALLENGE:
+            self.observation = Observation.PROTOCOL
         return event.reply
 
     def _quit(self) -> Reply:

@@ -1,0 +1,150 @@
+"""Client memory across connections: a decaying score, harvest counting and flags, per client key.
+
+A client is seen at two keys: its exact address (``ip:192.0.2.7``) and its prefix (``net:192.0.2.0/24``,
+IPv6 /64 by default). Each key has a ``ClientState``; ``observe`` folds one observation into one state.
+
+Invariants:
+- Pure: ``now`` is passed in, states are immutable values, nothing here does I/O or reads a clock.
+- A score decays with the configured half-life and is never negative nor above ``max_score``; a state whose
+  score has decayed below ``FORGET_BELOW`` with no flag and no recent unknown recipient is ``idle`` and may be
+  dropped by a store.
+- An unknown recipient counts when it is observed (at its RCPT), never when its delayed reply goes out.
+- Keys are built from the client address only, never from anything the client typed.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, replace
+
+from smtp_tarpit.policy.decisions import IPAddress
+from smtp_tarpit.policy.settings import PolicySettings
+
+FORGET_BELOW = 0.01
+
+
+class Observation(enum.Enum):
+    ERROR = "error"  # a 5xx reply not covered below (relay denied, size, ...)
+    UNKNOWN_RECIPIENT = "unknown-recipient"
+    PROTOCOL = "protocol"  # syntax, bad sequence, unknown command, over-long line, bare newline
+    AUTH_FAILURE = "auth-failure"
+    EARLY_TALK = "early-talk"
+    DELIVERED = "delivered"  # a message accepted cleanly: lowers the score
+
+
+@dataclass(frozen=True, slots=True)
+class ClientState:
+    score: float = 0.0
+    at: float = 0.0  # when score was last brought up to date
+    unknowns: tuple[float, ...] = ()  # times of recent unknown recipients, within the window
+    flagged_until: float = 0.0  # harvest flag
+    counts: tuple[tuple[str, int], ...] = ()  # observation -> how many, for "why"
+
+    def score_at(self, now: float, half_life: float) -> float:
+        if half_life <= 0 or self.score <= 0:
+            return max(self.score, 0.0)
+        return self.score * float(0.5 ** (max(now - self.at, 0.0) / half_life))
+
+    def flagged(self, now: float) -> bool:
+        return self.flagged_until > now
+
+    def idle(self, now: float, settings: PolicySettings) -> bool:
+        recent = any(now - t < settings.harvest_window for t in self.unknowns)
+        return self.score_at(now, settings.half_life) < FORGET_BELOW and not self.flagged(now) and not recent
+
+    def count(self, observation: Observation) -> int:
+        return dict(self.counts).get(observation.value, 0)
+
+
+EMPTY = ClientState()
+
+
+def _weight(observation: Observation, settings: PolicySettings) -> float:
+    weights = settings.weights
+    return {
+        Observation.ERROR: weights.error,
+        Observation.UNKNOWN_RECIPIENT: weights.unknown_recipient,
+        Observation.PROTOCOL: weights.protocol,
+        Observation.AUTH_FAILURE: weights.auth_failure,
+        Observation.EARLY_TALK: weights.early_talk,
+        Observation.DELIVERED: weights.delivered,
+    }[observation]
+
+
+def observe(
+    state: ClientState,
+    observation: Observation,
+    now: float,
+    settings: PolicySettings,
+    *,
+    prefix: bool = False,
+) -> ClientState:
+    """Fold one observation into a key's state (``prefix``: the state of the client's prefix key)."""
+    score = state.score_at(now, settings.half_life) + _weight(observation, settings)
+    counts = dict(state.counts)
+    counts[observation.value] = counts.get(observation.value, 0) + 1
+    unknowns, flagged_until = state.unknowns, state.flagged_until
+    if observation is Observation.UNKNOWN_RECIPIENT and settings.harvest:
+        unknowns, flagged_until = _count_unknown(state, now, settings, prefix)
+    return replace(
+        state,
+        score=min(max(score, 0.0), settings.max_score),
+        at=now,
+        unknowns=unknowns,
+        flagged_until=flagged_until,
+        counts=tuple(sorted(counts.items())),
+    )
+
+
+def _count_unknown(
+    state: ClientState, now: float, settings: PolicySettings, prefix: bool
+) -> tuple[tuple[float, ...], float]:
+    needed = settings.harvest_threshold
+    if prefix:
+        # A prefix needs threshold / prefix_weight unknowns: a /24 of bots is seen as one harvester, but
+        # one bad host does not flag its neighbours as fast as itself.
+        if settings.prefix_weight <= 0:
+            return (), state.flagged_until
+        needed = max(1, round(needed / settings.prefix_weight))
+    recent = tuple(t for t in state.unknowns if now - t < settings.harvest_window)
+    unknowns = (*recent, now)[-needed:]
+    flagged_until = state.flagged_until
+    if len(unknowns) >= needed:
+        flagged_until = max(flagged_until, now + settings.harvest_hold_for)
+    return unknowns, flagged_until
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeys:
+    exact: str
+    prefix: str
+
+
+def keys_for(client: IPAddress, prefix_v4: int = 24, prefix_v6: int = 64) -> ClientKeys:
+    length = prefix_v4 if client.version == 4 else prefix_v6
+    network = ipaddress.ip_network(f"{client}/{length}", strict=False)
+    return ClientKeys(f"ip:{client}", f"net:{network}")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """A client as the policy sees it: its exact state and its prefix state together."""
+
+    exact: ClientState = EMPTY
+    prefix: ClientState = EMPTY
+
+    def score(self, now: float, settings: PolicySettings) -> float:
+        if not settings.reputation:
+            return 0.0
+        own = self.exact.score_at(now, settings.half_life)
+        return own + settings.prefix_weight * self.prefix.score_at(now, settings.half_life)
+
+    def flagged(self, now: float) -> bool:
+        return self.exact.flagged(now) or self.prefix.flagged(now)
+
+
+UNKNOWN_CLIENT = ClientView()

@@ -1,0 +1,115 @@
+"""Server-side glue of the tar pit: client keys, the client store, observations, watch mode.
+
+The session proposes a reply; ``Tarpit.decide`` asks the pure policy (``policy.engine.decide``) with the
+client's remembered state and the session's facts, records what the policy observes, and returns the reply
+to send and how (Pass, Delay or Disconnect). In watch mode the decision is logged and Pass is returned.
+
+Invariants:
+- Observations are folded into the store synchronously, at the moment they happen (an unknown recipient at
+  its RCPT), so every session of this process sees them at once.
+- Authenticated and exempt sessions never reach the store's score (the policy passes them; nothing is
+  observed for them), so a legitimate sender's mistakes never build up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from smtp_tarpit.policy.decisions import (
+    PASS,
+    Decision,
+    Delay,
+    Disconnect,
+    Pass,
+    Replace,
+    SessionFacts,
+    Stage,
+)
+from smtp_tarpit.policy.engine import decide
+from smtp_tarpit.policy.reputation import (
+    UNKNOWN_CLIENT,
+    ClientKeys,
+    ClientView,
+    Observation,
+    keys_for,
+    observe,
+)
+from smtp_tarpit.policy.settings import PolicySettings
+from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.state.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from smtp_tarpit.policy.decisions import IPAddress
+    from smtp_tarpit.server.runtime import Runtime
+
+log = logging.getLogger("smtp_tarpit.tarpit")
+
+
+class Tarpit:
+    def __init__(self, runtime: Runtime, store: MemoryStore) -> None:
+        self.store = store
+        self.configure(runtime)
+        self.decisions: dict[str, int] = {}
+
+    def configure(self, runtime: Runtime) -> None:
+        self.settings: PolicySettings = runtime.settings
+        self.prefix_v4 = runtime.config.reputation.prefix_v4
+        self.prefix_v6 = runtime.config.reputation.prefix_v6
+        self.store.settings = runtime.settings
+
+    @staticmethod
+    def now() -> float:
+        # Wall-clock seconds: states outlive the process (snapshots, shared stores), monotonic time does not.
+        return time.time()
+
+    def keys(self, client: IPAddress | None) -> ClientKeys | None:
+        return None if client is None else keys_for(client, self.prefix_v4, self.prefix_v6)
+
+    def view(self, keys: ClientKeys | None) -> ClientView:
+        if keys is None:
+            return UNKNOWN_CLIENT
+        return ClientView(self.store.get(keys.exact), self.store.get(keys.prefix))
+
+    def observe(self, keys: ClientKeys | None, observation: Observation) -> None:
+        if keys is None:
+            return
+        now, settings = self.now(), self.settings
+        self.store.update(keys.exact, lambda s: observe(s, observation, now, settings), now)
+        self.store.update(keys.prefix, lambda s: observe(s, observation, now, settings, prefix=True), now)
+
+    def decide(
+        self, keys: ClientKeys | None, facts: SessionFacts, reply: Reply
+    ) -> tuple[Reply, Pass | Delay | Disconnect]:
+        decision = decide(self.view(keys), facts, reply, self.now(), self.settings)
+        kind = type(decision).__name__.lower()
+        self.decisions[kind] = self.decisions.get(kind, 0) + 1
+        if self.settings.watch and decision is not PASS:
+            log.info("watch: would %s for %s: %s", _describe(decision), facts.client, reply.code)
+            return reply, PASS
+        if isinstance(decision, Replace):
+            return decision.reply, decision.then
+        if isinstance(decision, Disconnect):
+            return decision.reply, decision
+        return reply, decision
+
+
+def _describe(decision: Decision) -> str:
+    if isinstance(decision, Delay):
+        return f"delay {decision.seconds:.1f}s"
+    if isinstance(decision, Replace):
+        return f"answer {decision.reply.code} instead, then {_describe(decision.then)}"
+    if isinstance(decision, Disconnect):
+        return "disconnect with 421"
+    return "pass"
+
+
+def stage_of(event_name: str, in_data: bool) -> Stage:
+    """The stage a reply ends, from the event it answers (by type name) and whether DATA text was read."""
+    if in_data:
+        return Stage.MESSAGE
+    return _STAGES.get(event_name, Stage.COMMAND)
+
+
+_STAGES = {"Rcpt": Stage.RCPT, "Data": Stage.DATA, "Message": Stage.MESSAGE, "Quit": Stage.QUIT}
