@@ -273,7 +273,7 @@ class Session(asyncio.Protocol):
 
     def released(self) -> None:
         """Called by the executor when a held reply has been written."""
-        self.busy = False
+        self.busy = self.greeting = False
         self.last_active = self.server.loop.time()
         self._written()
         self._pump()
