@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from smtp_tarpit.dnscheck import parse_server
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
     "": 1,
@@ -97,6 +99,13 @@ Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidat
 ListenAddress = Annotated[str, BeforeValidator(_listen)]
 
 
+def _zone_names(zones: list[str]) -> list[str]:
+    for zone in zones:
+        if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?\.?", zone):
+            raise ValueError(f"not a DNS zone name: {zone!r}")
+    return [z.lower().rstrip(".") for z in zones]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
 
@@ -152,6 +161,12 @@ class TarpitConfig(Section):
     stutter: bool = False
     stutter_interval: Seconds = Field(default=1.0, ge=0.05, le=60)
     auth_failure_delay: Seconds | None = Field(default=None, ge=0, le=240)
+    exempt_dnswl: list[str] = []
+
+    @field_validator("exempt_dnswl")
+    @classmethod
+    def _zones(cls, zones: list[str]) -> list[str]:
+        return _zone_names(zones)
 
     @field_validator("exempt_hostnames")
     @classmethod
@@ -178,6 +193,25 @@ class ReputationConfig(Section):
     prefix_weight: float = Field(default=0.5, ge=0, le=1)
     max_score: float = Field(default=100.0, ge=1, le=10_000)
     max_entries: int = Field(default=100_000, ge=100, le=100_000_000)
+    dnsbl: list[str] = []
+    dnsbl_score: float = Field(default=3.0, ge=0, le=100)
+
+    @field_validator("dnsbl")
+    @classmethod
+    def _zones(cls, zones: list[str]) -> list[str]:
+        return _zone_names(zones)
+
+
+class DnsConfig(Section):
+    servers: list[str] = []
+    timeout: Seconds = Field(default=1.0, ge=0.05, le=10)
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            parse_server(server)  # raises ValueError with the reason
+        return servers
 
 
 class GreetConfig(Section):
@@ -219,6 +253,7 @@ class Config(Section):
     reputation: ReputationConfig = ReputationConfig()
     greet: GreetConfig = GreetConfig()
     admin: AdminConfig = AdminConfig()
+    dns: DnsConfig = DnsConfig()
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()

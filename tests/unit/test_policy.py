@@ -253,3 +253,22 @@ def test_decay_brings_every_score_back_to_zero(s: PolicySettings, seen: list[Obs
     later = NOW + len(seen) + 40 * s.half_life + s.harvest_window + s.harvest_hold_for
     assert state.score_at(later, s.half_life) < 0.01
     assert state.idle(later, s)
+
+
+def test_a_clean_clients_first_error_waits_only_the_delay_with_reputation_on() -> None:
+    s = replace(ADAPTIVE, harvest_threshold=0)
+    own = observe(EMPTY, Observation.UNKNOWN_RECIPIENT, NOW, s)  # this very RCPT, observed at RCPT time
+    prefix = observe(EMPTY, Observation.UNKNOWN_RECIPIENT, NOW, s, prefix=True)
+    view = ClientView(exact=own, prefix=prefix)
+    decision = decide(view, facts(errors=1, session_score=1.0), replies.UNKNOWN_USER, NOW, s)
+    assert decision == Delay(5)
+
+
+def test_a_bad_host_is_judged_by_its_own_record_not_twice() -> None:
+    s = replace(ADAPTIVE, harvest_threshold=0)
+    exact = fold([Observation.ERROR] * 4, s, step=0)
+    prefix = EMPTY
+    for _ in range(4):
+        prefix = observe(prefix, Observation.ERROR, NOW, s, prefix=True)
+    assert ClientView(exact, prefix).score(NOW, s) == 4
+    assert ClientView(prefix=prefix).score(NOW, s) == 2  # a neighbour: half the prefix's

@@ -76,6 +76,8 @@ class SessionFacts:
     errors: int = 0  # error replies in this session so far, this one included if it is one
     delayed: float = 0.0  # seconds this session has already been held
     early_talker: bool = False
+    extra_score: float = 0.0  # added to the client's score for this session (DNSBL listings)
+    session_score: float = 0.0  # what this session's own observations added to the remembered score
 
 
 def delay_of(decision: Decision) -> float:

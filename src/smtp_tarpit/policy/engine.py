@@ -74,7 +74,8 @@ def error_delay(view: ClientView, facts: SessionFacts, reply: Reply, now: float,
     base = s.auth_failure_delay if reply.code == AUTH_FAILED_CODE else s.delay
     if base <= 0:
         return 0.0
-    exponent = max(facts.errors - 1, 0) + view.score(now, s)
+    # This session's errors count through facts.errors; the remembered score adds what came before it.
+    exponent = max(facts.errors - 1, 0) + view.score(now, s, facts.session_score) + facts.extra_score
     try:
         seconds = base * float(s.growth**exponent)
     except OverflowError:

@@ -60,7 +60,8 @@ class ClientState:
 EMPTY = ClientState()
 
 
-def _weight(observation: Observation, settings: PolicySettings) -> float:
+def weight(observation: Observation, settings: PolicySettings) -> float:
+    """How much one observation adds to a score (negative for a clean delivery)."""
     weights = settings.weights
     return {
         Observation.ERROR: weights.error,
@@ -81,7 +82,7 @@ def observe(
     prefix: bool = False,
 ) -> ClientState:
     """Fold one observation into a key's state (``prefix``: the state of the client's prefix key)."""
-    score = state.score_at(now, settings.half_life) + _weight(observation, settings)
+    score = state.score_at(now, settings.half_life) + weight(observation, settings)
     counts = dict(state.counts)
     counts[observation.value] = counts.get(observation.value, 0) + 1
     unknowns, flagged_until = state.unknowns, state.flagged_until
@@ -137,11 +138,17 @@ class ClientView:
     exact: ClientState = EMPTY
     prefix: ClientState = EMPTY
 
-    def score(self, now: float, settings: PolicySettings) -> float:
+    def score(self, now: float, settings: PolicySettings, session: float = 0.0) -> float:
+        """The client's remembered score, less what ``session`` (this connection) has added itself.
+
+        The larger of its own score and prefix_weight times its prefix's: a bad host is judged by its
+        own record, its neighbours by a fraction of the prefix's, a /24 of bots by the prefix's.
+        """
         if not settings.reputation:
             return 0.0
-        own = self.exact.score_at(now, settings.half_life)
-        return own + settings.prefix_weight * self.prefix.score_at(now, settings.half_life)
+        own = self.exact.score_at(now, settings.half_life) - session
+        shared = self.prefix.score_at(now, settings.half_life) - session
+        return max(own, settings.prefix_weight * shared, 0.0)
 
     def flagged(self, now: float) -> bool:
         return self.exact.flagged(now) or self.prefix.flagged(now)

@@ -22,6 +22,7 @@ from smtp_tarpit.config import ConfigError
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.protocol import replies
 from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.server.classify import Verdict, classify
 from smtp_tarpit.server.executor import Executor
 from smtp_tarpit.server.runtime import Runtime, load_directory
 from smtp_tarpit.server.session import Session
@@ -101,6 +102,10 @@ class Server:
 
     def new_message_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):06X}"
+
+    async def classify(self, client: IPAddress) -> Verdict:
+        dns = self.runtime.dns
+        return Verdict() if dns is None else await classify(dns, self.runtime.config, client)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine)

@@ -17,6 +17,7 @@ from smtp_tarpit.delivery import Deliverer, DeliveryError
 from smtp_tarpit.delivery.maildir import MaildirDeliverer
 from smtp_tarpit.directory import recipients
 from smtp_tarpit.directory.recipients import Directory, DirectoryError
+from smtp_tarpit.dnscheck import DnsChecker
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.protocol import Limits
@@ -31,6 +32,7 @@ class Runtime:
     deliverer: Deliverer
     settings: PolicySettings
     limits: Limits
+    dns: DnsChecker | None = None
 
     def exempt(self, client: IPAddress | None) -> bool:
         if client is None:
@@ -63,7 +65,18 @@ def build(config: Config) -> Runtime:
         deliverer=deliverer,
         settings=policy_settings(config),
         limits=limits,
+        dns=_dns(config),
     )
+
+
+def _dns(config: Config) -> DnsChecker | None:
+    """A DNS checker when any DNS-based list is configured (and only then: no lookups otherwise)."""
+    if not (config.tarpit.exempt_hostnames or config.tarpit.exempt_dnswl or config.reputation.dnsbl):
+        return None
+    try:
+        return DnsChecker(servers=config.dns.servers or None, timeout=config.dns.timeout)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{_where(config)}: [dns] servers: {exc}") from None
 
 
 def policy_settings(config: Config) -> PolicySettings:

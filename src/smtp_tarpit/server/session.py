@@ -94,16 +94,19 @@ class Session(asyncio.Protocol):
         "early_talker",
         "errors",
         "exempt",
-        "greeting",
+        "greeted",
         "hold",
+        "hostname",
         "idle",
         "keys",
         "last_active",
+        "listed",
         "observation",
         "outcome",
         "paused",
         "pending_mailbox",
         "server",
+        "session_score",
         "stage",
         "started",
         "tls_upgrading",
@@ -126,7 +129,10 @@ class Session(asyncio.Protocol):
         self.started = self.last_active = 0.0
         self.client: IPAddress | None = None
         self.keys: ClientKeys | None = None
-        self.exempt = self.early_talker = self.greeting = False
+        self.exempt = self.early_talker = self.greeted = False
+        self.hostname = ""  # forward-confirmed reverse DNS name, when DNS checks are on
+        self.listed = 0.0  # extra score from DNSBL listings
+        self.session_score = 0.0  # what this session's observations added to the client's score
         self.stage = Stage.COMMAND
         self.observation: Observation | object | None = None  # what a 5xx says of the client
         self.pending_mailbox: tuple[str, str] | None = None
@@ -152,8 +158,23 @@ class Session(asyncio.Protocol):
             self.outcome = "refused"
             self.server.executor.cut(self, refusal)
             return
-        self._greet()
         self._arm_idle(runtime.config.limits.idle_timeout)
+        if runtime.dns is not None and not self.exempt:
+            self.busy = True  # greeted once the DNS checks are in (each bounded by [dns] timeout)
+            self.server.spawn(self._classify())
+        else:
+            self._greet()
+
+    async def _classify(self) -> None:
+        assert self.client is not None
+        verdict = await self.server.classify(self.client)
+        self.hostname, self.listed = verdict.hostname, verdict.listed
+        self.exempt = self.exempt or verdict.exempt
+        if self.transport is None or self.conn.closed:
+            return
+        self.busy = False
+        self._greet()
+        self._pump()
 
     def _greet(self) -> None:
         config = self.server.runtime.config
@@ -163,7 +184,6 @@ class Session(asyncio.Protocol):
             self._answer(greeting)
             return
         # Bots are impatient: most hang up within 30 s. Whoever talks before the greeting is an early talker.
-        self.greeting = True
         lead = greeting.wire.index(b"\n") + 1 if len(greeting.lines) > 1 else 0
         if not self.server.executor.submit(self, greeting, self.conn.send(greeting), Delay(pause, lead=lead)):
             self.busy = True
@@ -176,8 +196,10 @@ class Session(asyncio.Protocol):
         self.server.forget(self)
         if self.outcome != "refused":
             log.info(
-                "session end client=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs outcome=%s",
+                "session end client=%s host=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs "
+                "outcome=%s",
                 self.client,
+                self.hostname or "-",
                 printable(self.conn.helo_name) or "-",
                 self.commands,
                 self.errors,
@@ -193,9 +215,9 @@ class Session(asyncio.Protocol):
             # returns, with the client's last handshake flight): that is kept and answered after it.
             return
         self.last_active = self.server.loop.time()
-        if self.greeting and not self.early_talker:
+        if not self.greeted and not self.early_talker:
             self.early_talker = True
-            self.server.tarpit.observe(self.keys, Observation.EARLY_TALK)
+            self.session_score += self.server.tarpit.observe(self.keys, Observation.EARLY_TALK)
         self.conn.receive_data(data)
         if self.conn.buffered > HIGH_WATER and not self.paused and not self.conn.in_data:
             assert self.transport is not None
@@ -252,6 +274,8 @@ class Session(asyncio.Protocol):
             errors=self.errors + is_error,
             delayed=self.delayed,
             early_talker=self.early_talker and self.stage is not Stage.QUIT,
+            extra_score=self.listed,
+            session_score=self.session_score,
         )
         reply, how = tarpit.decide(self.keys, facts, proposed)
         if reply.code >= 500:
@@ -259,7 +283,7 @@ class Session(asyncio.Protocol):
             trusted = self.conn.authenticated or self.exempt
             if reply is proposed and not trusted and self.observation is not _OBSERVED:
                 kind = self.observation if isinstance(self.observation, Observation) else Observation.ERROR
-                tarpit.observe(self.keys, kind)
+                self.session_score += tarpit.observe(self.keys, kind)
         self.observation = None
         return reply, how
 
@@ -273,12 +297,13 @@ class Session(asyncio.Protocol):
 
     def released(self) -> None:
         """Called by the executor when a held reply has been written."""
-        self.busy = self.greeting = False
+        self.busy, self.greeted = False, True
         self.last_active = self.server.loop.time()
         self._written()
         self._pump()
 
     def _written(self) -> None:
+        self.greeted = True
         if self.transport is None:
             return
         if self.conn.closed:
@@ -332,7 +357,7 @@ class Session(asyncio.Protocol):
         if found.verdict is Verdict.UNKNOWN:
             # Counted now, before any delay: parallel connections cannot race the harvest flag.
             if not (self.conn.authenticated or self.exempt):
-                self.server.tarpit.observe(self.keys, Observation.UNKNOWN_RECIPIENT)
+                self.session_score += self.server.tarpit.observe(self.keys, Observation.UNKNOWN_RECIPIENT)
             self.observation = _OBSERVED
             return replies.UNKNOWN_USER
         # Kept aside until the reply is known: the policy may answer a flagged client 450 instead.

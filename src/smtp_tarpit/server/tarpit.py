@@ -35,6 +35,7 @@ from smtp_tarpit.policy.reputation import (
     Observation,
     keys_for,
     observe,
+    weight,
 )
 from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.protocol.replies import Reply
@@ -72,12 +73,14 @@ class Tarpit:
             return UNKNOWN_CLIENT
         return ClientView(self.store.get(keys.exact), self.store.get(keys.prefix))
 
-    def observe(self, keys: ClientKeys | None, observation: Observation) -> None:
+    def observe(self, keys: ClientKeys | None, observation: Observation) -> float:
+        """Fold an observation into the client's records; return what it added to its score (>= 0)."""
         if keys is None:
-            return
+            return 0.0
         now, settings = self.now(), self.settings
         self.store.update(keys.exact, lambda s: observe(s, observation, now, settings), now)
         self.store.update(keys.prefix, lambda s: observe(s, observation, now, settings, prefix=True), now)
+        return max(weight(observation, settings), 0.0)
 
     def decide(
         self, keys: ClientKeys | None, facts: SessionFacts, reply: Reply
