@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
+import json
 import logging
 import resource
 import signal
@@ -18,7 +20,9 @@ from pathlib import Path
 from smtp_tarpit import __version__
 from smtp_tarpit.auth.passwords import hash_password
 from smtp_tarpit.config import Config, ConfigError, load
+from smtp_tarpit.server import admin
 from smtp_tarpit.server import runtime as runtime_module
+from smtp_tarpit.server.admin import AdminError
 from smtp_tarpit.server.listener import Server
 
 log = logging.getLogger("smtp_tarpit")
@@ -48,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
     hasher = commands.add_parser("hash-password", help="read a password on stdin, print a salted scrypt hash")
     hasher.set_defaults(func=_hash)
+    client = commands.add_parser("client", help="show or forget what the running server knows of a client")
+    client.add_argument("action", choices=["show", "forget"])
+    client.add_argument("address", help="the client's IP address")
+    client.add_argument("--config", type=Path, help="the running server's config (for [admin] socket)")
+    client.add_argument("--json", action="store_true", help="print the server's answer as JSON")
+    client.set_defaults(func=_client)
     return parser
 
 
@@ -70,12 +80,58 @@ def _hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    try:
+        address = str(ipaddress.ip_address(args.address))
+    except ValueError:
+        print(f"smtp-tarpit: client {args.action}: not an IP address: {args.address}", file=sys.stderr)
+        return EXIT_CONFIG
+    path = load(args.config).admin.socket
+    try:
+        answer = admin.request(path, args.action, address)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        print(f"smtp-tarpit: cannot reach the server at {path}: {reason}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"smtp-tarpit: client {args.action}: {answer.get('error', 'refused')}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.json else _client_text(answer))
+    return 0
+
+
+def _client_text(answer: dict[str, object]) -> str:
+    if "forgotten" in answer:
+        forgotten = answer["forgotten"]
+        what = ", ".join(forgotten) if isinstance(forgotten, list) and forgotten else "nothing was known"
+        return f"forgot {answer['client']}: {what}"
+    lines = [
+        f"client {answer['client']}: score {answer['score']}, "
+        f"{'FLAGGED as a harvester' if answer['flagged'] else 'not flagged'}, "
+        f"{answer['connections']} open connections, next error waits {answer['next_error_delay']}s"
+    ]
+    records = answer["records"]
+    assert isinstance(records, dict)
+    for key, record in records.items():
+        seen = ", ".join(f"{kind} {count}" for kind, count in record["seen"].items()) or "nothing"
+        flag = f", flagged for {record['flagged_for']}s more" if record["flagged_for"] else ""
+        lines.append(
+            f"  {key}: score {record['score']}{flag}, "
+            f"{record['recent_unknown_recipients']} recent unknown recipients; seen: {seen}"
+        )
+    return "\n".join(lines)
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = load(args.config)
     _setup_logging(config)
     built = runtime_module.build(config)
     _raise_fd_limit()
-    asyncio.run(_run(built))
+    try:
+        asyncio.run(_run(built))
+    except AdminError as exc:
+        print(f"smtp-tarpit: [admin] socket: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

@@ -22,6 +22,7 @@ from smtp_tarpit.config import ConfigError
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.protocol import replies
 from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.server.admin import open_admin_socket
 from smtp_tarpit.server.classify import Verdict, classify
 from smtp_tarpit.server.executor import Executor
 from smtp_tarpit.server.runtime import Runtime, load_directory
@@ -48,6 +49,7 @@ class Server:
         self.per_client: dict[IPAddress | None, int] = {}
         self.refused = {"max_connections": 0, "connections_per_client": 0}
         self._purger: asyncio.TimerHandle | None = None
+        self.admin: asyncio.Server | None = None
         self.listeners: list[asyncio.Server] = []
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,6 +70,7 @@ class Server:
                 bound.append((address[0], address[1]))
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
+        self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
         return bound
 
     def admit(self, session: Session) -> Reply | None:
@@ -147,6 +150,9 @@ class Server:
             self._cut(session)
         for listener in self.listeners:
             await listener.wait_closed()
+        if self.admin is not None:
+            self.admin.close()
+            self.runtime.config.admin.socket.unlink(missing_ok=True)
 
     def _cut(self, session: Session) -> None:
         if session.transport is None:

@@ -22,6 +22,8 @@ from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.protocol import Limits
 
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, with the terminating NUL
+
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
@@ -45,6 +47,7 @@ def _where(config: Config) -> str:
 
 
 def build(config: Config) -> Runtime:
+    _check_admin_socket(config)
     deliverer = MaildirDeliverer(config.delivery.maildir)
     try:
         deliverer.check()
@@ -67,6 +70,17 @@ def build(config: Config) -> Runtime:
         limits=limits,
         dns=_dns(config),
     )
+
+
+def _check_admin_socket(config: Config) -> None:
+    path = config.admin.socket
+    if len(str(path).encode()) > MAX_UNIX_PATH:
+        raise ConfigError(
+            f"{_where(config)}: [admin] socket: {path} is longer than {MAX_UNIX_PATH} bytes, the limit of a "
+            "Unix socket path: choose a shorter path"
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"{_where(config)}: [admin] socket: {path.parent} is not a directory")
 
 
 def _dns(config: Config) -> DnsChecker | None:
