@@ -19,8 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
-from email.utils import format_datetime
 from typing import TYPE_CHECKING
 
 from smtp_tarpit.delivery import DeliveryError, Envelope
@@ -49,20 +47,13 @@ from smtp_tarpit.protocol.events import (
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
 from smtp_tarpit.server.tarpit import stage_of
+from smtp_tarpit.server.trace import Trace, printable, trace_headers
 
 if TYPE_CHECKING:
     from smtp_tarpit.server.listener import Server
 
 log = logging.getLogger("smtp_tarpit.session")
 HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
-
-
-_COMMENT_UNSAFE = str.maketrans("()\\", "???")
-
-
-def printable(text: str, limit: int = 128) -> str:
-    """Client-supplied text made safe for a log line or a header: no control or separator characters."""
-    return "".join(c if c.isprintable() and c != " " else "?" for c in text[:limit])
 
 
 _OBSERVED = object()  # the error was already observed when it happened (an unknown recipient at its RCPT)
@@ -405,18 +396,17 @@ class Session(asyncio.Protocol):
         self._finish(reply)
 
     def _trace_headers(self, envelope: Envelope, transaction: Transaction) -> bytes:
+        conn = self.conn
+        trace = Trace(
+            conn.helo_name,
+            str(self.client),
+            conn.extended,
+            conn.tls_active,
+            conn.authenticated,
+            transaction.smtputf8,
+        )
         hostname = self.server.runtime.config.server.hostname
-        protocol = ("UTF8SMTP" if transaction.smtputf8 else "ESMTP") if self.conn.extended else "SMTP"
-        if self.conn.extended and not transaction.smtputf8:
-            protocol += ("S" if self.conn.tls_active else "") + ("A" if self.conn.authenticated else "")
-        helo = printable(self.conn.helo_name, limit=255).translate(_COMMENT_UNSAFE)
-        recipient = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
-        stamp = format_datetime(datetime.now().astimezone())
-        return (
-            f"Return-Path: <{envelope.sender}>\r\n"
-            f"Received: from {helo} ([{self.client}])\r\n\tby {hostname} (smtp-tarpit) with {protocol} "
-            f"id {envelope.message_id}{recipient};\r\n\t{stamp}\r\n"
-        ).encode()
+        return trace_headers(trace, hostname, envelope.sender, envelope.message_id, envelope.recipients)
 
     def _on_simple(self, event: Event) -> Reply | None:
         return _SIMPLE[type(event)](self)

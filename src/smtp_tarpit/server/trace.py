@@ -1,0 +1,53 @@
+"""Trace headers prepended to every accepted message, and client text made safe for logs and headers.
+
+Invariants: nothing the client typed reaches a header or a log line with a control character, a line
+break or (in a header comment) an unbalanced parenthesis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+
+_COMMENT_UNSAFE = str.maketrans("()\\", "???")
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """Client-supplied text made safe for a log line or a header: no control or separator characters."""
+    return "".join(c if c.isprintable() and c != " " else "?" for c in text[:limit])
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What the Received header says about how the message came in."""
+
+    helo: str
+    client: str
+    extended: bool
+    tls: bool
+    authenticated: bool
+    smtputf8: bool
+
+
+def protocol_name(trace: Trace) -> str:
+    """RFC 3848's "with" keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, or UTF8SMTP (RFC 6531)."""
+    if not trace.extended:
+        return "SMTP"
+    if trace.smtputf8:
+        return "UTF8SMTP"
+    return "ESMTP" + ("S" if trace.tls else "") + ("A" if trace.authenticated else "")
+
+
+def trace_headers(
+    trace: Trace, hostname: str, sender: str, message_id: str, recipients: tuple[str, ...]
+) -> bytes:
+    helo = printable(trace.helo, limit=255).translate(_COMMENT_UNSAFE)
+    recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    stamp = format_datetime(datetime.now().astimezone())
+    return (
+        f"Return-Path: <{sender}>\r\n"
+        f"Received: from {helo} ([{trace.client}])\r\n"
+        f"\tby {hostname} (smtp-tarpit) with {protocol_name(trace)} id {message_id}{recipient};\r\n"
+        f"\t{stamp}\r\n"
+    ).encode()
