@@ -63,6 +63,9 @@ def write_tarpit_config(folder: Path, delay: float, recipients: list[str], max_c
         f"delay = {delay:g}\n"
         "[limits]\n"
         f"max_connections = {max_connections}\n"
+        # The load comes from a few loopback addresses, and every session is meant to be held.
+        f"connections_per_client = {max_connections}\n"
+        f"max_tarpitted = {max_connections}\n"
     )
     return config
 

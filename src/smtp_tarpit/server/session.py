@@ -356,6 +356,10 @@ class Session(asyncio.Protocol):
         return replies.RECIPIENT_OK
 
     def _on_data(self, event: Event) -> Reply | None:
+        if self.transaction is None or not self.transaction.mailboxes:
+            # Only reachable when every 250 to RCPT was the harvest defence's uniform answer: the policy
+            # turns this into the uniform 451 while the flag holds; after it, the plain truth.
+            return replies.NO_VALID_RECIPIENTS
         return replies.START_DATA
 
     def _on_message(self, event: Event) -> Reply | None:
