@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/smtp-tarpit serve --config config/smtp-tarpit.toml
 
-# Debian packages the tests talk to: swaks (a real SMTP client). Installed when missing and we are root.
+# Debian packages the tests talk to: swaks (a real SMTP client), fail2ban (fail2ban-regex reads our logs),
+# chromium and chromium-driver (the status page in a real browser). Installed when missing and we are root;
+# otherwise the tests that need them are skipped with the reason.
+SYSTEM_TOOLS := swaks:swaks fail2ban-regex:fail2ban chromium:chromium chromedriver:chromium-driver
 system-deps:
-	@if ! command -v swaks >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && $(APT) swaks; \
-	  else echo "swaks not installed and not root: the swaks tests will be skipped"; fi; fi
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && $(APT) $$missing; \
+	  else echo "not root, not installing:$$missing (the tests that need them will be skipped)"; fi; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -20,6 +20,7 @@ from pathlib import Path
 from smtp_tarpit import __version__
 from smtp_tarpit.auth.passwords import hash_password
 from smtp_tarpit.config import Config, ConfigError, load
+from smtp_tarpit.observability import logs
 from smtp_tarpit.server import admin
 from smtp_tarpit.server import runtime as runtime_module
 from smtp_tarpit.server.admin import AdminError
@@ -136,11 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(config.log.level, config.log.format)
 
 
 def _raise_fd_limit() -> None:

@@ -221,6 +221,13 @@ class GreetConfig(Section):
 
 class AdminConfig(Section):
     socket: Path = Path("admin.sock")
+    listen: str = ""
+    token: str = Field(default="", max_length=256)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return "" if value == "" else str(_listen(value))
 
 
 class TlsConfig(Section):
@@ -241,6 +248,7 @@ class AuthConfig(Section):
 
 class LogConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
 
 
 class Config(Section):

@@ -7,7 +7,7 @@ Invariants:
   the loop. A stuttered reply re-arms the same kind of timer once per chunk.
 - ``held`` is exactly the number of sessions waiting on a delayed reply right now, and never exceeds
   ``max_held``: beyond it a reply that would wait is written at once, followed by 421 and close (the tar
-  pit must not exhaust its own server), and ``caps_hit`` counts it.
+  pit must not exhaust its own server), and the ``max_tarpitted`` cap counter counts it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
+from smtp_tarpit.observability.metrics import Stats
 from smtp_tarpit.policy.decisions import Delay, Disconnect, Pass
 from smtp_tarpit.protocol import replies
 from smtp_tarpit.protocol.replies import Reply
@@ -28,14 +30,14 @@ log = logging.getLogger("smtp_tarpit.tarpit")
 
 
 class Executor:
-    __slots__ = ("_loop", "caps_hit", "delayed_seconds", "held", "max_held")
+    __slots__ = ("_loop", "delayed_seconds", "held", "max_held", "stats")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_held: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_held: int, stats: Stats) -> None:
         self._loop = loop
         self.max_held = max_held
+        self.stats = stats
         self.held = 0
         self.delayed_seconds = 0.0
-        self.caps_hit = 0
 
     def submit(
         self, session: Session, reply: Reply, wire: bytes, decision: Pass | Delay | Disconnect
@@ -48,13 +50,14 @@ class Executor:
             self._write(session, wire)
             return True
         if self.held >= self.max_held:
-            self.caps_hit += 1
+            self.stats.cap("max_tarpitted")
             log.warning("tar pit full (%d held): answering %s at once and closing", self.held, session.client)
             self._write(session, wire)
             self.cut(session, replies.SERVER_BUSY)
             return True
         log.debug("delaying %d reply to %s by %.3fs", reply.code, session.client, decision.seconds)
         self.held += 1
+        session.held_since = self._loop.time()
         self._hold(session, wire, decision)
         return False
 
@@ -77,6 +80,7 @@ class Executor:
         session.hold = None
         session.delayed += seconds
         self.delayed_seconds += seconds
+        self.stats.delayed(seconds, time.strftime("%Y-%m-%d"))
         self._write(session, rest)
         session.released()
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from smtp_tarpit.config import ConfigError
+from smtp_tarpit.observability.metrics import Stats
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.protocol import replies
 from smtp_tarpit.protocol.replies import Reply
@@ -43,13 +44,16 @@ class Server:
     def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
         self.runtime = runtime
         self.loop = loop
-        self.executor = Executor(loop, runtime.config.limits.max_tarpitted)
+        self.stats = Stats()
+        self.executor = Executor(loop, runtime.config.limits.max_tarpitted, self.stats)
         self.tarpit = Tarpit(runtime, MemoryStore(runtime.settings, runtime.config.reputation.max_entries))
+        self.tarpit.stats = self.stats
         self.sessions: set[Session] = set()
         self.per_client: dict[IPAddress | None, int] = {}
-        self.refused = {"max_connections": 0, "connections_per_client": 0}
         self._purger: asyncio.TimerHandle | None = None
         self.admin: asyncio.Server | None = None
+        self.http: Any = None  # aiohttp's AppRunner when [admin] listen is set
+        self.started = loop.time()
         self.listeners: list[asyncio.Server] = []
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,6 +75,11 @@ class Server:
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
+        if self.runtime.config.admin.listen:
+            # aiohttp costs ~10 MB of RSS: imported only when the listener is on.
+            from smtp_tarpit.server import http_admin  # noqa: PLC0415
+
+            self.http = await http_admin.start(self, self.runtime.config.admin.listen)
         return bound
 
     def admit(self, session: Session) -> Reply | None:
@@ -79,11 +88,12 @@ class Server:
         if self.draining:
             return replies.SHUTTING_DOWN
         if len(self.sessions) >= limits.max_connections:
-            self.refused["max_connections"] += 1
+            self.stats.cap("max_connections")
             return replies.TOO_MANY_CONNECTIONS
         if self.per_client.get(session.client, 0) >= limits.connections_per_client:
-            self.refused["connections_per_client"] += 1
+            self.stats.cap("connections_per_client")
             return replies.TOO_MANY_CONNECTIONS
+        self.stats.sessions += 1
         self.sessions.add(session)
         self.per_client[session.client] = self.per_client.get(session.client, 0) + 1
         return None
@@ -150,6 +160,8 @@ class Server:
             self._cut(session)
         for listener in self.listeners:
             await listener.wait_closed()
+        if self.http is not None:
+            await self.http.cleanup()
         if self.admin is not None:
             self.admin.close()
             self.runtime.config.admin.socket.unlink(missing_ok=True)

@@ -56,6 +56,7 @@ log = logging.getLogger("smtp_tarpit.session")
 HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
 
 
+_LABELS = {"Answer": "protocol", "AuthCredentials": "auth", "StartTls": "starttls", "Helo": "helo"}
 _OBSERVED = object()  # the error was already observed when it happened (an unknown recipient at its RCPT)
 
 
@@ -86,10 +87,12 @@ class Session(asyncio.Protocol):
         "errors",
         "exempt",
         "greeted",
+        "held_since",
         "hold",
         "hostname",
         "idle",
         "keys",
+        "label",
         "last_active",
         "listed",
         "observation",
@@ -125,6 +128,8 @@ class Session(asyncio.Protocol):
         self.listed = 0.0  # extra score from DNSBL listings
         self.session_score = 0.0  # what this session's observations added to the client's score
         self.stage = Stage.COMMAND
+        self.label = "greeting"  # the command a reply answers, for metrics
+        self.held_since = 0.0
         self.observation: Observation | object | None = None  # what a 5xx says of the client
         self.pending_mailbox: tuple[str, str] | None = None
 
@@ -180,6 +185,8 @@ class Session(asyncio.Protocol):
             self.busy = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.hold is not None:  # the client hung up while we held its reply: how patient was it?
+            self.server.stats.hangups.observe(self.server.loop.time() - self.held_since)
         self.server.executor.drop(self)
         if self.idle is not None:
             self.idle.cancel()
@@ -230,7 +237,9 @@ class Session(asyncio.Protocol):
                     self.transport.resume_reading()
                 return
             self.commands += 1
-            self.stage = stage_of(type(event).__name__, self.conn.in_data)
+            name = type(event).__name__
+            self.stage = stage_of(name, self.conn.in_data)
+            self.label = _LABELS.get(name, name.lower())
             try:
                 reply = _HANDLERS[type(event)](self, event)
             except Exception:  # a bug of ours: log it, tell the client to retry, show it nothing
@@ -247,6 +256,7 @@ class Session(asyncio.Protocol):
             self.transaction.add(self.pending_mailbox)
         self.pending_mailbox = None
         wire = self.conn.send(reply)
+        self.server.stats.reply(reply.code, self.label)
         if isinstance(how, Disconnect):
             self.outcome = "too-many-errors"
         if self.server.executor.submit(self, reply, wire, how):
@@ -387,6 +397,7 @@ class Session(asyncio.Protocol):
             result, reply = "delivered", replies.queued(envelope.message_id)
             if not (self.conn.authenticated or self.exempt):
                 self.server.tarpit.observe(self.keys, Observation.DELIVERED)
+        self.server.stats.message("accepted" if reply.code == 250 else "deferred", time.monotonic() - started)
         log.info(
             "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
             envelope.message_id,

@@ -13,10 +13,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from smtp_tarpit.observability.metrics import Stats
 from smtp_tarpit.policy.decisions import (
     PASS,
     Decision,
@@ -53,6 +55,8 @@ class Tarpit:
         self.store = store
         self.configure(runtime)
         self.decisions: dict[str, int] = {}
+        self.flags = 0
+        self.stats: Stats | None = None
 
     def configure(self, runtime: Runtime) -> None:
         self.settings: PolicySettings = runtime.settings
@@ -78,8 +82,23 @@ class Tarpit:
         if keys is None:
             return 0.0
         now, settings = self.now(), self.settings
-        self.store.update(keys.exact, lambda s: observe(s, observation, now, settings), now)
-        self.store.update(keys.prefix, lambda s: observe(s, observation, now, settings, prefix=True), now)
+        for key, prefix in ((keys.exact, False), (keys.prefix, True)):
+            was_flagged = self.store.get(key).flagged(now)
+            change = functools.partial(
+                observe, observation=observation, now=now, settings=settings, prefix=prefix
+            )
+            state = self.store.update(key, change, now)
+            if not was_flagged and state.flagged(now):
+                self.flags += 1
+                # One line per flag, in a fixed shape that fail2ban's filter (contrib/fail2ban) matches.
+                log.warning(
+                    "harvest flag client=%s key=%s unknown=%d window=%.0fs hold=%.0fs",
+                    keys.exact.removeprefix("ip:"),
+                    key,
+                    len(state.unknowns),
+                    settings.harvest_window,
+                    settings.harvest_hold_for,
+                )
         return max(weight(observation, settings), 0.0)
 
     def decide(
@@ -94,6 +113,9 @@ class Tarpit:
         if isinstance(decision, Replace):
             return decision.reply, decision.then
         if isinstance(decision, Disconnect):
+            if self.stats is not None:
+                over = self.settings.hard_error_limit and facts.errors >= self.settings.hard_error_limit
+                self.stats.cap("hard_error_limit" if over else "session_budget")
             return decision.reply, decision
         return reply, decision
 
