@@ -1,7 +1,7 @@
 """The command line: ``serve``, ``check-config``, ``hash-password``; exit status 2 for any config error.
 
 Invariants: the CLI adds no option of its own to the config; logs go to stderr; SIGTERM and SIGINT shut
-down gracefully and exit 0; SIGHUP reloads the recipients file.
+down gracefully and exit 0; SIGHUP reloads the config and every file it names.
 """
 
 from __future__ import annotations

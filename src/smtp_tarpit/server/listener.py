@@ -15,10 +15,9 @@ import logging
 import os
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import Any
 
-from smtp_tarpit.config import ConfigError
+from smtp_tarpit.config import ConfigError, load
 from smtp_tarpit.observability.metrics import Stats
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.protocol import replies
@@ -26,7 +25,7 @@ from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.admin import open_admin_socket
 from smtp_tarpit.server.classify import Verdict, classify
 from smtp_tarpit.server.executor import Executor
-from smtp_tarpit.server.runtime import Runtime, load_directory
+from smtp_tarpit.server.runtime import Runtime, build
 from smtp_tarpit.server.session import Session
 from smtp_tarpit.server.tarpit import Tarpit
 from smtp_tarpit.state.memory import MemoryStore
@@ -126,18 +125,42 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the recipients file; a bad file is logged and the old directory kept."""
+        """SIGHUP: re-read the config file and everything it names (recipients, users, TLS certificate).
+
+        All or nothing: a config that does not build is refused with the reason logged, and the running
+        one stays. Sessions in flight carry on; each of their next replies follows the new policy.
+        """
+        old = self.runtime.config
         try:
-            directory = load_directory(self.runtime.config)
+            runtime = build(load(old.source) if old.source else old)
         except ConfigError as exc:
-            log.error("reload refused, keeping the old recipients: %s", exc)
+            log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        self.runtime = replace(self.runtime, directory=directory)
-        self.tarpit.configure(self.runtime)
+        new = runtime.config
+        fixed = [
+            name
+            for name, before, after in (
+                ("[server] listen", old.server.listen, new.server.listen),
+                ("[admin] socket", old.admin.socket, new.admin.socket),
+                ("[admin] listen", old.admin.listen, new.admin.listen),
+                ("[reputation] store", old.reputation.store, new.reputation.store),
+            )
+            if before != after
+        ]
+        if fixed:
+            log.warning("reload: %s changed: takes effect after a restart", ", ".join(fixed))
+        self.runtime = runtime
+        self.executor.max_held = new.limits.max_tarpitted
+        self.tarpit.configure(runtime)
+        self.tarpit.store.max_entries = new.reputation.max_entries
+        directory = runtime.directory
         log.info(
-            "reloaded recipients: %d addresses, %d catch-all domains",
+            "reloaded %s: %d addresses, %d catch-all domains, tar pit delay %gs, TLS %s",
+            old.source or "built-in defaults",
             len(directory.mailboxes),
             len(directory.catch_all),
+            runtime.settings.delay,
+            "on" if runtime.tls else "off",
         )
 
     async def shutdown(self) -> None:
