@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from smtp_tarpit.delivery.relay import parse_relay
 from smtp_tarpit.dnscheck import parse_server
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -145,6 +146,18 @@ class RecipientsConfig(Section):
 
 class DeliveryConfig(Section):
     maildir: Path = Path("mail")
+    relay: str = ""
+    relay_timeout: Seconds = Field(default=60.0, ge=1, le=600)
+    relay_connections: int = Field(default=100, ge=1, le=10_000)
+    relay_tls_verify: bool = True
+    relay_ca_file: Path | None = None
+
+    @field_validator("relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        if value:
+            parse_relay(value)  # raises ValueError saying what is wrong
+        return value
 
 
 class TarpitConfig(Section):
@@ -275,6 +288,7 @@ _PATH_KEYS = (
     ("tls", "private_key"),
     ("auth", "users_file"),
     ("admin", "socket"),
+    ("delivery", "relay_ca_file"),
 )
 
 

@@ -16,17 +16,42 @@ class DeliveryError(Exception):
     """The message could not be delivered now; the client must try again later (451 4.3.0)."""
 
 
+class DownstreamRefusedError(DeliveryError):
+    """The downstream refused permanently (5xx): the client gets a 5xx of the same class, never a bounce."""
+
+    def __init__(self, code: int, enhanced: str, where: str) -> None:
+        super().__init__(f"downstream refused at {where}: {code} {enhanced}")
+        self.code, self.enhanced = code, enhanced
+
+
+class TargetUnavailableError(DeliveryError):
+    """The delivery target (the downstream MTA) cannot be reached now (451 4.4.1)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     message_id: str
     sender: str  # "" for the null reverse-path
     mailboxes: tuple[str, ...]  # target mailbox addresses, deduplicated, lower case
-    recipients: tuple[str, ...]  # the addresses the client gave, for the log
+    recipients: tuple[str, ...]  # the addresses the client gave (what a relay passes on)
+    client: str = ""  # the client's IP address, for trace data downstream
+    helo: str = ""  # printable form of the client's HELO name
+    protocol: str = "ESMTP"
+    smtputf8: bool = False
 
 
 class Deliverer(Protocol):
+    # A final deliverer stores the message where its reader finds it, so it adds Return-Path (RFC 5321
+    # 4.4); a relay passes the message on and leaves that to the final delivery agent.
+    final: bool
+
     async def deliver(self, envelope: Envelope, message: bytes) -> None: ...
 
     def check(self) -> None:
         """Raise DeliveryError if the target is unusable (at start and for health checks)."""
+        ...
+
+    @property
+    def available(self) -> bool:
+        """False while the target is known to be down: new sessions are then refused with 421 4.4.1."""
         ...

@@ -41,11 +41,17 @@ def mailbox_path(root: Path, mailbox: str) -> Path:
 class MaildirDeliverer:
     """Deliver into Maildirs under ``root``; the directories are made on first delivery."""
 
+    final = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
         self._ready: set[Path] = set()
+
+    @property
+    def available(self) -> bool:
+        return True
 
     def check(self) -> None:
         """The root, or the folder it will be made in on first delivery, must be a writable directory."""

@@ -76,6 +76,11 @@ def queued(message_id: str) -> Reply:
     return _r(250, "2.0.0", f"Ok: queued as {message_id}")
 
 
+def downstream_refused(code: int, enhanced: str) -> Reply:
+    # The downstream's code class and enhanced code pass through; its text does not (it may show internals).
+    return _r(code, enhanced, "Refused by the receiving mail system")
+
+
 def bye(hostname: str) -> Reply:
     return _r(221, "2.0.0", f"{hostname} closing connection")
 
@@ -116,6 +121,8 @@ AUTH_OK = _r(235, "2.7.0", "Authentication successful")
 # 4xx: temporary; the client keeps the message and tries again.
 TOO_MANY_RECIPIENTS = _r(452, "4.5.3", "Too many recipients")
 LOCAL_ERROR = _r(451, "4.3.0", "Temporary local problem, please try again later")
+TARGET_UNAVAILABLE = _r(451, "4.4.1", "Mail system temporarily unreachable, please try again later")
+SERVICE_UNAVAILABLE = _r(421, "4.4.1", "Mail system temporarily unreachable, please try again later")
 IDLE_TIMEOUT = _r(421, "4.4.2", "Idle timeout, closing connection")
 SHUTTING_DOWN = _r(421, "4.3.2", "Service shutting down, please try again later")
 TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "Too many connections, please try again later")

@@ -86,6 +86,9 @@ class Server:
         limits = self.runtime.config.limits
         if self.draining:
             return replies.SHUTTING_DOWN
+        if not self.runtime.deliverer.available:
+            self.stats.cap("downstream_unavailable")
+            return replies.SERVICE_UNAVAILABLE
         if len(self.sessions) >= limits.max_connections:
             self.stats.cap("max_connections")
             return replies.TOO_MANY_CONNECTIONS

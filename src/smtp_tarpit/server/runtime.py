@@ -15,6 +15,7 @@ from smtp_tarpit.auth.passwords import Users, UsersFileError, load_users
 from smtp_tarpit.config import Config, ConfigError
 from smtp_tarpit.delivery import Deliverer, DeliveryError
 from smtp_tarpit.delivery.maildir import MaildirDeliverer
+from smtp_tarpit.delivery.relay import RelayDeliverer, parse_relay
 from smtp_tarpit.directory import recipients
 from smtp_tarpit.directory.recipients import Directory, DirectoryError
 from smtp_tarpit.dnscheck import DnsChecker
@@ -48,11 +49,7 @@ def _where(config: Config) -> str:
 
 def build(config: Config) -> Runtime:
     _check_admin_socket(config)
-    deliverer = MaildirDeliverer(config.delivery.maildir)
-    try:
-        deliverer.check()
-    except DeliveryError as exc:
-        raise ConfigError(f"{_where(config)}: [delivery] maildir: {exc}") from None
+    deliverer = _deliverer(config)
     limits = Limits(
         command_line=config.limits.command_line,
         text_line=config.limits.text_line,
@@ -70,6 +67,39 @@ def build(config: Config) -> Runtime:
         limits=limits,
         dns=_dns(config),
     )
+
+
+def _deliverer(config: Config) -> Deliverer:
+    delivery = config.delivery
+    if delivery.relay:
+        return RelayDeliverer(
+            parse_relay(delivery.relay),
+            hostname=config.server.hostname,
+            timeout=delivery.relay_timeout,
+            connections=delivery.relay_connections,
+            tls_context=_relay_tls(config),
+        )
+    maildir = MaildirDeliverer(delivery.maildir)
+    try:
+        maildir.check()
+    except DeliveryError as exc:
+        raise ConfigError(f"{_where(config)}: [delivery] maildir: {exc}") from None
+    return maildir
+
+
+def _relay_tls(config: Config) -> ssl.SSLContext | None:
+    delivery = config.delivery
+    if not delivery.relay.startswith("smtp+starttls:"):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=delivery.relay_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or "unusable"
+        raise ConfigError(f"{_where(config)}: [delivery] relay_ca_file: {reason}") from None
+    if not delivery.relay_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _check_admin_socket(config: Config) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from smtp_tarpit.delivery import DeliveryError, Envelope
+from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
 from smtp_tarpit.directory.recipients import Verdict
 from smtp_tarpit.policy.decisions import Delay, Disconnect, IPAddress, Pass, SessionFacts, Stage
 from smtp_tarpit.policy.reputation import ClientKeys, Observation
@@ -47,7 +47,7 @@ from smtp_tarpit.protocol.events import (
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
 from smtp_tarpit.server.tarpit import stage_of
-from smtp_tarpit.server.trace import Trace, printable, trace_headers
+from smtp_tarpit.server.trace import Trace, printable, protocol_name, trace_headers
 
 if TYPE_CHECKING:
     from smtp_tarpit.server.listener import Server
@@ -376,11 +376,28 @@ class Session(asyncio.Protocol):
         assert isinstance(event, Message)
         transaction, self.transaction = self.transaction, None
         assert transaction is not None
-        message_id = self.server.new_message_id()
-        envelope = Envelope(
-            message_id, transaction.sender, tuple(transaction.mailboxes), tuple(transaction.recipients)
+        conn = self.conn
+        trace = Trace(
+            conn.helo_name,
+            str(self.client),
+            conn.extended,
+            conn.tls_active,
+            conn.authenticated,
+            transaction.smtputf8,
         )
-        content = self._trace_headers(envelope, transaction) + event.content
+        envelope = Envelope(
+            self.server.new_message_id(),
+            transaction.sender,
+            tuple(transaction.mailboxes),
+            tuple(transaction.recipients),
+            client=str(self.client or ""),
+            helo=printable(conn.helo_name, limit=255),
+            protocol=protocol_name(trace),
+            smtputf8=transaction.smtputf8,
+        )
+        hostname = self.server.runtime.config.server.hostname
+        final = self.server.runtime.deliverer.final
+        content = trace_headers(trace, hostname, envelope, return_path=final) + event.content
         self.server.spawn(self._deliver(envelope, content))
         return None
 
@@ -388,6 +405,10 @@ class Session(asyncio.Protocol):
         started = time.monotonic()
         try:
             await self.server.runtime.deliverer.deliver(envelope, content)
+        except DownstreamRefusedError as exc:
+            result, reply = f"refused ({exc})", replies.downstream_refused(exc.code, exc.enhanced)
+        except TargetUnavailableError as exc:
+            result, reply = f"deferred ({exc})", replies.TARGET_UNAVAILABLE
         except DeliveryError as exc:
             result, reply = f"deferred ({exc})", replies.LOCAL_ERROR
         except Exception:  # never a 250 for a failure, whatever the failure is
@@ -397,7 +418,8 @@ class Session(asyncio.Protocol):
             result, reply = "delivered", replies.queued(envelope.message_id)
             if not (self.conn.authenticated or self.exempt):
                 self.server.tarpit.observe(self.keys, Observation.DELIVERED)
-        self.server.stats.message("accepted" if reply.code == 250 else "deferred", time.monotonic() - started)
+        outcome = "accepted" if reply.code == 250 else "refused" if reply.code >= 500 else "deferred"
+        self.server.stats.message(outcome, time.monotonic() - started)
         log.info(
             "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
             envelope.message_id,
@@ -409,19 +431,6 @@ class Session(asyncio.Protocol):
             time.monotonic() - started,
         )
         self._finish(reply)
-
-    def _trace_headers(self, envelope: Envelope, transaction: Transaction) -> bytes:
-        conn = self.conn
-        trace = Trace(
-            conn.helo_name,
-            str(self.client),
-            conn.extended,
-            conn.tls_active,
-            conn.authenticated,
-            transaction.smtputf8,
-        )
-        hostname = self.server.runtime.config.server.hostname
-        return trace_headers(trace, hostname, envelope.sender, envelope.message_id, envelope.recipients)
 
     def _on_simple(self, event: Event) -> Reply | None:
         return _SIMPLE[type(event)](self)

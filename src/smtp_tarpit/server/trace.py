@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
+from smtp_tarpit.delivery import Envelope
+
 _COMMENT_UNSAFE = str.maketrans("()\\", "???")
 
 
@@ -39,15 +41,14 @@ def protocol_name(trace: Trace) -> str:
     return "ESMTP" + ("S" if trace.tls else "") + ("A" if trace.authenticated else "")
 
 
-def trace_headers(
-    trace: Trace, hostname: str, sender: str, message_id: str, recipients: tuple[str, ...]
-) -> bytes:
+def trace_headers(trace: Trace, hostname: str, envelope: Envelope, *, return_path: bool = True) -> bytes:
     helo = printable(trace.helo, limit=255).translate(_COMMENT_UNSAFE)
+    recipients = envelope.recipients
     recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
     stamp = format_datetime(datetime.now().astimezone())
     return (
-        f"Return-Path: <{sender}>\r\n"
-        f"Received: from {helo} ([{trace.client}])\r\n"
-        f"\tby {hostname} (smtp-tarpit) with {protocol_name(trace)} id {message_id}{recipient};\r\n"
+        (f"Return-Path: <{envelope.sender}>\r\n" if return_path else "")
+        + f"Received: from {helo} ([{trace.client}])\r\n"
+        f"\tby {hostname} (smtp-tarpit) with {protocol_name(trace)} id {envelope.message_id}{recipient};\r\n"
         f"\t{stamp}\r\n"
     ).encode()

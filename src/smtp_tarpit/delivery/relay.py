@@ -1,0 +1,173 @@
+"""Relay delivery: forward each accepted message, in the client's own session, to one downstream MTA.
+
+``[delivery] relay = "smtp://host:port"`` (or ``smtp+starttls://``). The downstream transaction (XFORWARD
+when offered, MAIL, one RCPT per accepted recipient, DATA) runs when the client's message is complete, and
+the client's 250 is sent only after the downstream's 250. Nothing is queued here: at any moment a message
+is either acknowledged downstream or not acknowledged to the client.
+
+The client side is aiosmtplib (maintained, asyncio-native, typed), not a hand-written client. It re-encodes
+the text on the way out (CRLF line ends, dot-stuffing redone), so a bare CR or LF, or a lone "." line, can
+never end the message early downstream; our core has already normalised the text too.
+
+Invariants:
+- Never a silent loss: any downstream failure, timeout or partial refusal raises DeliveryError (451);
+  a downstream 5xx for every recipient or for the message raises DownstreamRefusedError (passed on as a 5xx).
+- Bounded: at most ``connections`` downstream connections at once; sessions wait for a slot, never open more.
+- A session held in the tar pit holds no downstream connection: one is opened only for a complete message.
+- Envelope addresses reaching the downstream come from our parser, which admits no CR, LF or NUL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiosmtplib
+
+from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
+
+DOWN_FOR = 10.0  # seconds new sessions are refused (421 4.4.1) after the downstream failed to answer
+SCHEMES = ("smtp", "smtp+starttls")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def parse_relay(url: str) -> RelayTarget:
+    """Parse ``smtp://host:port`` or ``smtp+starttls://host:port``; raise ValueError saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(f"expected {' or '.join(s + '://host:port' for s in SCHEMES)}, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise ValueError(f"expected {parts.scheme}://host:port, got {url!r}")
+    return RelayTarget(parts.scheme, parts.hostname, port)
+
+
+def _enhanced(message: str, code: int) -> str:
+    first = message.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] == str(code)[0]:
+        return first
+    return f"{str(code)[0]}.0.0"
+
+
+class RelayDeliverer:
+    final = False
+
+    def __init__(
+        self,
+        target: RelayTarget,
+        *,
+        hostname: str,
+        timeout: float = 60.0,
+        connections: int = 100,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.target = target
+        self.hostname = hostname
+        self.timeout = timeout
+        self.connections = connections
+        self.tls_context = tls_context
+        self._slots: asyncio.Semaphore | None = None
+        self._down_until = 0.0
+
+    def check(self) -> None:
+        """The relay has nothing to check without a network round trip; see ``available``."""
+
+    @property
+    def available(self) -> bool:
+        """False for a short while after the downstream failed to answer: new sessions get 421 4.4.1."""
+        return time.monotonic() >= self._down_until
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.connections)
+        async with self._slots:
+            client = aiosmtplib.SMTP(
+                hostname=self.target.host,
+                port=self.target.port,
+                timeout=self.timeout,
+                local_hostname=self.hostname,
+                start_tls=self.target.scheme == "smtp+starttls",
+                tls_context=self.tls_context,
+            )
+            try:
+                await client.connect()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                self._down_until = time.monotonic() + DOWN_FOR
+                raise TargetUnavailableError(
+                    f"downstream {self.target} unavailable: {exc.__class__.__name__}"
+                ) from exc
+            try:
+                await self._transaction(client, envelope, message)
+            except aiosmtplib.SMTPResponseException as exc:
+                raise _failure(exc.code, exc.message, "reply") from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise TargetUnavailableError(
+                    f"downstream {self.target} failed: {exc.__class__.__name__}"
+                ) from exc
+            finally:
+                await _quietly_quit(client)
+
+    async def _transaction(self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes) -> None:
+        if client.supports_extension("xforward") and envelope.client:
+            await _xforward(client, envelope)
+        options = ["SMTPUTF8"] if envelope.smtputf8 and client.supports_extension("smtputf8") else []
+        if client.supports_extension("8bitmime") and not message.isascii():
+            options.append("BODY=8BITMIME")
+        await client.mail(envelope.sender, options=options, encoding="utf-8")
+        refused = []
+        for recipient in envelope.recipients:
+            try:
+                await client.rcpt(recipient, encoding="utf-8")
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append(exc)
+        if refused:
+            await client.rset()
+            if len(refused) == len(envelope.recipients) and all(r.code >= 500 for r in refused):
+                first = refused[0]
+                raise DownstreamRefusedError(first.code, _enhanced(first.message, first.code), "RCPT")
+            # Some recipients taken, some not: one answer cannot say both, and we never bounce.
+            raise DeliveryError(f"downstream refused {len(refused)} of {len(envelope.recipients)} recipients")
+        await client.data(message)
+
+
+def _failure(code: int, message: str, where: str) -> DeliveryError:
+    if code >= 500:
+        return DownstreamRefusedError(code, _enhanced(message, code), where)
+    return DeliveryError(f"downstream answered {code} at {where}")
+
+
+async def _xforward(client: aiosmtplib.SMTP, envelope: Envelope) -> None:
+    # Postfix's XFORWARD: the downstream logs and checks the real client, not us. Values are ours or
+    # sanitised (no spaces or control characters), as the protocol requires.
+    fields = [
+        f"ADDR={envelope.client}",
+        f"HELO={envelope.helo or '[UNAVAILABLE]'}",
+        f"PROTO={envelope.protocol}",
+    ]
+    response = await client.execute_command(b"XFORWARD", *(f.encode() for f in fields))
+    if response.code != 250:
+        raise DeliveryError(f"downstream refused XFORWARD: {response.code}")
+
+
+async def _quietly_quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
