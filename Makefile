@@ -21,12 +21,17 @@ run: $(STAMP)
 # Debian packages the tests talk to: swaks (a real SMTP client), fail2ban (fail2ban-regex reads our logs),
 # chromium and chromium-driver (the status page in a real browser). Installed when missing and we are root;
 # otherwise the tests that need them are skipped with the reason.
-SYSTEM_TOOLS := swaks:swaks fail2ban-regex:fail2ban chromium:chromium chromedriver:chromium-driver
+# postfix (a real downstream MTA, and smtp-sink / smtp-source) is installed without its questions and
+# without starting the system instance: tests run private instances with their own config directories.
+SYSTEM_TOOLS := swaks:swaks fail2ban-regex:fail2ban chromium:chromium chromedriver:chromium-driver \
+	smtp-sink:postfix
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && $(APT) $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	    apt-get update -q && $(APT) $$missing; \
 	  else echo "not root, not installing:$$missing (the tests that need them will be skipped)"; fi; fi
 
 lint: $(STAMP)
