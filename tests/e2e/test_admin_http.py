@@ -85,6 +85,7 @@ def test_hang_up_while_held_is_measured(make_server) -> None:  # type: ignore[no
     assert _metric(text, "smtp_tarpit_hangup_wait_seconds_bucket", '{le="1.0"}') == 0
     assert _metric(text, "smtp_tarpit_hangup_wait_seconds_bucket", '{le="2.0"}') == 1
     assert _metric(text, "smtp_tarpit_sessions_tarpitted") == 0
+    assert _metric(text, "smtp_tarpit_delayed_seconds_total") >= 1.2  # the time it did wait counts
 
 
 def test_healthz_status_and_forget(make_server) -> None:  # type: ignore[no-untyped-def]

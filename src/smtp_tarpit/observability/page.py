@@ -4,8 +4,13 @@ It shows at a glance what the tar pit holds now, the attacker time wasted today,
 a forget button each, which works only when ``[admin] token`` is set and typed in), and how long held
 clients waited before they hung up, as an inline SVG bar chart.
 
+Layout: made to fit a 1280x900 browser window without scrolling for a typical day (six cards in one row,
+a short offenders table, a chart whose bucket labels are centred in slots wide enough never to overlap).
+
 Invariants: pure (a status dict in, a string out); every value from the status dict is HTML-escaped;
-the page refreshes itself every 10 seconds and works without its script (forms post plainly).
+the page refreshes itself every 10 seconds and works without its script (forms post plainly, and a
+<noscript> meta refresh takes over). The script only copies the typed token into the form being sent and
+holds the refresh back while a token is being typed, so the refresh never wipes it.
 """
 
 from __future__ import annotations
@@ -13,23 +18,34 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+REFRESH_SECONDS = 10
+
 _STYLE = """
-body{font:15px/1.4 system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222;padding:0 1em}
-h1{font-size:1.4em;margin-bottom:.2em} .muted{color:#666}
-.cards{display:flex;flex-wrap:wrap;gap:1em;margin:1em 0}
-.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:9em}
-.card b{display:block;font-size:1.6em}
+body{font:15px/1.4 system-ui,sans-serif;margin:1em auto;max-width:64em;color:#222;padding:0 1em}
+h1{font-size:1.4em;margin:0} h2{font-size:1.15em;margin:1.1em 0 .4em} .muted{color:#666} p{margin:.3em 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(9.5em,1fr));gap:.7em;margin:.8em 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:.4em .8em;font-size:.9em;color:#555}
+.card b{display:block;font-size:1.7em;line-height:1.2;color:#222}
 table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #eee}
+th,td{text-align:left;padding:.25em .5em;border-bottom:1px solid #eee}
 .flag{color:#b00;font-weight:bold} form{display:inline} button{cursor:pointer}
-svg text{font-size:11px;fill:#444}
+button:disabled{cursor:not-allowed}
+svg{max-width:100%;height:auto;display:block} svg text{font-size:12px;fill:#444;text-anchor:middle}
+svg .axis{stroke:#999}
 """
 
-_SCRIPT = """
-document.querySelectorAll('form.forget').forEach(function (f) {
-  f.addEventListener('submit', function () { f.token.value = document.getElementById('token').value; });
-});
+_SCRIPT = f"""
+var token = document.getElementById('token');
+document.querySelectorAll('form.forget').forEach(function (f) {{
+  f.addEventListener('submit', function () {{ f.token.value = token ? token.value : ''; }});
+}});
+setInterval(function () {{
+  if (!token || (!token.value && document.activeElement !== token)) {{ location.reload(); }}
+}}, {REFRESH_SECONDS * 1000});
 """
+
+# The chart's geometry, in SVG user units (= CSS pixels at width 100%).
+_SLOT, _BAR, _TOP, _PLOT, _BOTTOM = 52, 34, 20, 110, 24
 
 
 def _duration(seconds: float) -> str:
@@ -51,8 +67,18 @@ def _cards(status: dict[str, Any]) -> str:
         ("clients remembered", status["clients_known"], "clients"),
     ]
     return "".join(
-        f'<div class="card" id="{key}">{escape(label)}<b>{escape(str(value))}</b></div>'
+        f'<div class="card" id="{key}"><b>{escape(str(value))}</b>{escape(label)}</div>'
         for label, value, key in cards
+    )
+
+
+def _forget_button(key: str, enabled: bool) -> str:
+    disabled = "" if enabled else ' disabled title="set [admin] token to enable"'
+    return (
+        '<form class="forget" method="post" action="/forget">'
+        f'<input type="hidden" name="client" value="{key}">'
+        '<input type="hidden" name="token" value="">'
+        f'<button aria-label="forget {key}"{disabled}>forget</button></form>'
     )
 
 
@@ -61,57 +87,55 @@ def _offenders(status: dict[str, Any]) -> str:
         return '<p class="muted" id="no-offenders">No client is held in suspicion right now.</p>'
     rows = []
     for client in status["top_clients"]:
-        key = escape(client["key"])
+        key = escape(str(client["key"]))
         why = escape(", ".join(f"{kind} {count}" for kind, count in client["why"].items()) or "-")
         flag = (
             f'<span class="flag">flagged, {escape(_duration(client["flagged_for"]))} left</span>'
             if client["flagged_for"] > 0
             else ""
         )
-        button = ""
-        if key.startswith("ip:"):
-            disabled = "" if status["forget_enabled"] else " disabled title='set [admin] token to enable'"
-            button = (
-                '<form class="forget" method="post" action="/forget">'
-                f'<input type="hidden" name="client" value="{key}">'
-                '<input type="hidden" name="token" value="">'
-                f"<button{disabled}>forget</button></form>"
-            )
-        rows.append(
-            f"<tr><td>{key}</td><td>{client['score']}</td><td>{flag}</td><td>{why}</td><td>{button}</td></tr>"
-        )
+        button = _forget_button(key, bool(status["forget_enabled"])) if key.startswith("ip:") else ""
+        score = escape(str(client["score"]))
+        rows.append(f"<tr><td>{key}</td><td>{score}</td><td>{flag}</td><td>{why}</td><td>{button}</td></tr>")
     head = "<tr><th>client</th><th>score</th><th>harvest</th><th>why</th><th></th></tr>"
     return f'<table id="offenders">{head}{"".join(rows)}</table>'
 
 
 def _chart(hangups: dict[str, list[Any]]) -> str:
-    labels = [f"≤{b:g}s" for b in hangups["bounds"]] + ["more"]
-    counts = hangups["counts"]
-    peak = max(counts) or 1
-    width, height, bar = 40 * len(counts), 140, 30
-    parts = []
+    bounds = hangups["bounds"]
+    labels = [f"≤{b:g}s" for b in bounds] + [f">{bounds[-1]:g}s" if bounds else "all"]
+    counts = [int(c) for c in hangups["counts"]]
+    peak = max(counts, default=0) or 1
+    width, base = _SLOT * len(counts), _TOP + _PLOT
+    parts = [f'<line class="axis" x1="0" y1="{base}" x2="{width}" y2="{base}"/>']
     for i, (label, count) in enumerate(zip(labels, counts, strict=True)):
-        h = round(100 * count / peak)
-        x = i * 40 + 5
+        h, middle = round(_PLOT * count / peak), i * _SLOT + _SLOT / 2
+        text = escape(f"{label}: {count} hung up")
         parts.append(
-            f'<rect x="{x}" y="{110 - h}" width="{bar}" height="{h}" fill="#c33">'
-            f"<title>{count}</title></rect>"
-            f'<text x="{x}" y="125">{escape(label)}</text><text x="{x}" y="{105 - h}">{count}</text>'
+            f'<rect class="bar" data-count="{count}" x="{middle - _BAR / 2}" y="{base - h}" width="{_BAR}" '
+            f'height="{h}" fill="#c33"><title>{text}</title></rect>'
+            f'<text class="label" x="{middle}" y="{base + 16}">{escape(label)}</text>'
         )
+        if count:
+            parts.append(f'<text class="count" x="{middle}" y="{base - h - 5}">{count}</text>')
+    height = base + _BOTTOM
+    note = "" if any(counts) else '<p class="muted" id="no-hangups">No held client has hung up yet.</p>'
     return (
-        f'<svg id="hangups" role="img" aria-label="hang-up histogram" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
+        f'{note}<svg id="hangups" role="img" aria-label="hang-up histogram" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
     )
 
 
 def render(status: dict[str, Any]) -> str:
     token_box = (
-        '<p>Token to forget a client: <input id="token" type="password" autocomplete="off"></p>'
+        '<p><label>Token to forget a client: <input id="token" type="password" autocomplete="off">'
+        "</label></p>"
         if status["forget_enabled"]
         else '<p class="muted">Forgetting clients from this page needs <code>[admin] token</code>.</p>'
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<html lang="en"><head><meta charset="utf-8">
+<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>
 <title>smtp-tarpit status</title><style>{_STYLE}</style></head>
 <body>
 <h1>smtp-tarpit</h1>

@@ -78,11 +78,14 @@ class Executor:
             return
         self.held -= 1
         session.hold = None
+        self._served(session, seconds)
+        self._write(session, rest)
+        session.released()
+
+    def _served(self, session: Session, seconds: float) -> None:
         session.delayed += seconds
         self.delayed_seconds += seconds
         self.stats.delayed(seconds, time.strftime("%Y-%m-%d"))
-        self._write(session, rest)
-        session.released()
 
     def cut(self, session: Session, reply: Reply) -> None:
         """Drop any held reply and write ``reply`` (a 421) now; the session closes after it."""
@@ -92,10 +95,12 @@ class Executor:
             session.transport.close()
 
     def drop(self, session: Session) -> None:
+        """Cancel a held reply (the client left, or we cut it); the time it was held still counts."""
         if session.hold is not None:
             session.hold.cancel()
             session.hold = None
             self.held -= 1
+            self._served(session, self._loop.time() - session.held_since)
 
     @staticmethod
     def _write(session: Session, wire: bytes) -> None:
