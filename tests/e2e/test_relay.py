@@ -74,4 +74,4 @@ def test_downstream_gone_is_a_4xx_and_new_sessions_get_421(make_server) -> None:
         assert (code, text[:5]) == (451, b"4.4.1")
     with socket.create_connection((front.host, front.port), timeout=10) as sock:
         assert sock.makefile("rb").readline().startswith(b"421 4.4.1")
-    front.wait_for_log(r"result=deferred \(downstream smtp://127\.0\.0\.1:\d+ unavailable")
+    front.wait_for_log(r'result=deferred detail="downstream smtp://127\.0\.0\.1:\d+ unavailable')

@@ -124,6 +124,8 @@ class RelayDeliverer:
                 await _quietly_quit(client)
 
     async def _transaction(self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes) -> None:
+        if client.last_ehlo_response is None:  # connect() greets only when it upgrades to TLS
+            await client.ehlo()
         if client.supports_extension("xforward") and envelope.client:
             await _xforward(client, envelope)
         options = ["SMTPUTF8"] if envelope.smtputf8 and client.supports_extension("smtputf8") else []

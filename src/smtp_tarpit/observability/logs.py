@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 
-_PAIR = re.compile(r"(\w+)=(\S+)")
+_PAIR = re.compile(r'(\w+)=("[^"]*"|\S+)')
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,7 +25,7 @@ class JsonFormatter(logging.Formatter):
             "message": message,
         }
         for key, value in _PAIR.findall(message):
-            entry.setdefault(key, value)
+            entry.setdefault(key, value[1:-1] if value.startswith('"') else value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -40,6 +40,10 @@ class AdminError(Exception):
 
 
 async def open_admin_socket(server: Server, path: Path) -> asyncio.Server:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AdminError(f"cannot make {path.parent}: {exc.strerror}") from None
     _remove_stale(path)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
     try:

@@ -53,6 +53,7 @@ class Server:
         self.admin: asyncio.Server | None = None
         self.http: Any = None  # aiohttp's AppRunner when [admin] listen is set
         self.started = loop.time()
+        self.bound_config = runtime.config  # what the sockets were opened with: a reload cannot change it
         self.listeners: list[asyncio.Server] = []
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,17 +85,19 @@ class Server:
     def admit(self, session: Session) -> Reply | None:
         """None to admit the session, or the 421 to refuse it with."""
         limits = self.runtime.config.limits
+        refusal = None
         if self.draining:
-            return replies.SHUTTING_DOWN
-        if not self.runtime.deliverer.available:
-            self.stats.cap("downstream_unavailable")
-            return replies.SERVICE_UNAVAILABLE
-        if len(self.sessions) >= limits.max_connections:
-            self.stats.cap("max_connections")
-            return replies.TOO_MANY_CONNECTIONS
-        if self.per_client.get(session.client, 0) >= limits.connections_per_client:
-            self.stats.cap("connections_per_client")
-            return replies.TOO_MANY_CONNECTIONS
+            refusal, reason = replies.SHUTTING_DOWN, "shutting_down"
+        elif not self.runtime.deliverer.available:
+            refusal, reason = replies.SERVICE_UNAVAILABLE, "downstream_unavailable"
+        elif len(self.sessions) >= limits.max_connections:
+            refusal, reason = replies.TOO_MANY_CONNECTIONS, "max_connections"
+        elif self.per_client.get(session.client, 0) >= limits.connections_per_client:
+            refusal, reason = replies.TOO_MANY_CONNECTIONS, "connections_per_client"
+        if refusal is not None:
+            self.stats.cap(reason)
+            log.info("refused client=%s reason=%s reply=%d", session.client, reason, refusal.code)
+            return refusal
         self.stats.sessions += 1
         self.sessions.add(session)
         self.per_client[session.client] = self.per_client.get(session.client, 0) + 1
@@ -133,7 +136,7 @@ class Server:
         All or nothing: a config that does not build is refused with the reason logged, and the running
         one stays. Sessions in flight carry on; each of their next replies follows the new policy.
         """
-        old = self.runtime.config
+        old, bound = self.runtime.config, self.bound_config
         try:
             runtime = build(load(old.source) if old.source else old)
         except ConfigError as exc:
@@ -143,10 +146,10 @@ class Server:
         fixed = [
             name
             for name, before, after in (
-                ("[server] listen", old.server.listen, new.server.listen),
-                ("[admin] socket", old.admin.socket, new.admin.socket),
-                ("[admin] listen", old.admin.listen, new.admin.listen),
-                ("[reputation] store", old.reputation.store, new.reputation.store),
+                ("[server] listen", bound.server.listen, new.server.listen),
+                ("[admin] socket", bound.admin.socket, new.admin.socket),
+                ("[admin] listen", bound.admin.listen, new.admin.listen),
+                ("[reputation] store", bound.reputation.store, new.reputation.store),
             )
             if before != after
         ]

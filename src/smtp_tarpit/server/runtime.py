@@ -109,7 +109,7 @@ def _check_admin_socket(config: Config) -> None:
             f"{_where(config)}: [admin] socket: {path} is longer than {MAX_UNIX_PATH} bytes, the limit of a "
             "Unix socket path: choose a shorter path"
         )
-    if not path.parent.is_dir():
+    if path.parent.exists() and not path.parent.is_dir():
         raise ConfigError(f"{_where(config)}: [admin] socket: {path.parent} is not a directory")
 
 

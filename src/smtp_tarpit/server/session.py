@@ -57,6 +57,12 @@ HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buff
 
 
 _LABELS = {"Answer": "protocol", "AuthCredentials": "auth", "StartTls": "starttls", "Helo": "helo"}
+
+
+def _detail(exc: Exception) -> str:
+    return str(exc).replace('"', "'")
+
+
 _OBSERVED = object()  # the error was already observed when it happened (an unknown recipient at its RCPT)
 
 
@@ -174,7 +180,8 @@ class Session(asyncio.Protocol):
 
     def _greet(self) -> None:
         config = self.server.runtime.config
-        pause = 0.0 if self.exempt else config.greet.pause
+        watching = self.server.runtime.settings.watch
+        pause = 0.0 if self.exempt or watching else config.greet.pause
         greeting = replies.greeting(config.server.hostname, teaser=config.greet.teaser and pause > 0)
         if pause <= 0:
             self._answer(greeting)
@@ -195,7 +202,7 @@ class Session(asyncio.Protocol):
         if self.outcome != "refused":
             log.info(
                 "session end client=%s host=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs "
-                "outcome=%s",
+                "dnsbl=%g outcome=%s",
                 self.client,
                 self.hostname or "-",
                 printable(self.conn.helo_name) or "-",
@@ -203,6 +210,7 @@ class Session(asyncio.Protocol):
                 self.errors,
                 self.delayed,
                 self.server.loop.time() - self.started,
+                self.listed,
                 self.outcome,
             )
 
@@ -406,14 +414,17 @@ class Session(asyncio.Protocol):
         try:
             await self.server.runtime.deliverer.deliver(envelope, content)
         except DownstreamRefusedError as exc:
-            result, reply = f"refused ({exc})", replies.downstream_refused(exc.code, exc.enhanced)
+            result, reply = (
+                f'refused detail="{_detail(exc)}"',
+                replies.downstream_refused(exc.code, exc.enhanced),
+            )
         except TargetUnavailableError as exc:
-            result, reply = f"deferred ({exc})", replies.TARGET_UNAVAILABLE
+            result, reply = f'deferred detail="{_detail(exc)}"', replies.TARGET_UNAVAILABLE
         except DeliveryError as exc:
-            result, reply = f"deferred ({exc})", replies.LOCAL_ERROR
+            result, reply = f'deferred detail="{_detail(exc)}"', replies.LOCAL_ERROR
         except Exception:  # never a 250 for a failure, whatever the failure is
             log.exception("delivery of %s failed unexpectedly", envelope.message_id)
-            result, reply = "deferred (internal error)", replies.LOCAL_ERROR
+            result, reply = 'deferred detail="internal error"', replies.LOCAL_ERROR
         else:
             result, reply = "delivered", replies.queued(envelope.message_id)
             if not (self.conn.authenticated or self.exempt):

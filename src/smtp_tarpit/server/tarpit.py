@@ -90,9 +90,11 @@ class Tarpit:
             state = self.store.update(key, change, now)
             if not was_flagged and state.flagged(now):
                 self.flags += 1
-                # One line per flag, in a fixed shape that fail2ban's filter (contrib/fail2ban) matches.
+                # One line per flag, in a fixed shape that fail2ban's filter (contrib/fail2ban) matches;
+                # in watch mode a different one, so that nothing acts on a flag the tar pit does not apply.
                 log.warning(
-                    "harvest flag client=%s key=%s unknown=%d window=%.0fs hold=%.0fs",
+                    "%s client=%s key=%s unknown=%d window=%.0fs hold=%.0fs",
+                    "watch: would flag as harvester" if settings.watch else "harvest flag",
                     keys.exact.removeprefix("ip:"),
                     key,
                     len(state.unknowns),
