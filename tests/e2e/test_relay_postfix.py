@@ -1,0 +1,139 @@
+"""Relay mode in front of a real Postfix: intact delivery, refusals passed on, failures as 4xx, nothing lost."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.e2e import downstream
+from tests.e2e.downstream import PostfixInstance
+from tests.e2e.helpers import RunningServer
+
+make_postfix = downstream.make_postfix
+postfix = downstream.postfix
+
+
+def _front(make_server, target: PostfixInstance, **overrides: dict[str, object]) -> RunningServer:  # type: ignore[no-untyped-def]
+    relay = {"relay": f"smtp://127.0.0.1:{target.port}", "relay_timeout": "10s"}
+    return make_server(delivery=relay, **overrides)
+
+
+def test_mail_arrives_in_postfix_intact_with_the_real_client_forwarded(
+    make_server, postfix: PostfixInstance
+) -> None:  # type: ignore[no-untyped-def]
+    front = _front(make_server, postfix)
+    body = b"Subject: through\r\n\r\nline one\r\n.dot line\r\n\r\n..\r\nlast\r\n"
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.sendmail("s@remote.test", ["alice@example.test"], body) == {}
+    [stored] = postfix.wait_for_messages("alice@example.test", 1)
+    assert stored.endswith(b"Subject: through\n\nline one\n.dot line\n\n..\nlast\n")
+    assert b"by mx.example.test (smtp-tarpit) with ESMTP" in stored
+    postfix.wait_for_log(r"orig_client=\S*\[127\.0\.0\.1\]")
+
+
+def test_a_user_postfix_does_not_know_is_refused_and_tar_pitted(
+    make_server, postfix: PostfixInstance
+) -> None:  # type: ignore[no-untyped-def]
+    front = _front(make_server, postfix, tarpit={"delay": 1})
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("s@remote.test")
+        assert smtp.rcpt("sales@example.test")[0] == 250  # known to our file, not to Postfix
+        started = time.monotonic()
+        code, text = smtp.data(b"Subject: x\r\n\r\ny\r\n")
+    assert code == 550 and text.startswith(b"5.1.1") and time.monotonic() - started >= 1
+    front.wait_for_log(r"result=refused")
+
+
+def test_postfix_going_away_mid_session_gives_a_4xx(make_server, postfix: PostfixInstance) -> None:  # type: ignore[no-untyped-def]
+    front = _front(make_server, postfix)
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("s@remote.test")
+        smtp.rcpt("alice@example.test")
+        postfix.stop_abruptly()
+        code, _ = smtp.data(b"Subject: kept by the client\r\n\r\ny\r\n")
+    assert code == 451  # the client keeps the message and retries: nothing lost
+
+
+def test_smuggling_vectors_never_make_a_second_message_in_postfix(
+    make_server, postfix: PostfixInstance
+) -> None:  # type: ignore[no-untyped-def]
+    front = _front(make_server, postfix)
+    vectors = [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n"]
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        for number, vector in enumerate(vectors):
+            smtp.ehlo("client.example")
+            smtp.mail("s@remote.test")
+            smtp.rcpt("alice@example.test")
+            smtp.putcmd("DATA")
+            assert smtp.getreply()[0] == 354
+            smtp.send(
+                b"Subject: vector "
+                + str(number).encode()
+                + b"\r\n\r\nx"
+                + vector
+                + b"MAIL FROM:<evil@evil.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n"
+                + b"\r\n.\r\n"
+            )
+            assert smtp.getreply()[0] == 250
+    messages = postfix.wait_for_messages("alice@example.test", len(vectors))
+    assert len(messages) == len(vectors)
+    time.sleep(0.5)
+    assert postfix.messages("bob@example.test") == []
+
+
+def _sender(front: RunningServer, worker: int, acknowledged: dict[str, bytes], stop: threading.Event) -> None:
+    number = 0
+    while not stop.is_set():
+        number += 1
+        marker = f"w{worker}n{number}".encode()
+        try:
+            with smtplib.SMTP(front.host, front.port, timeout=10) as smtp:
+                smtp.ehlo("client.example")
+                smtp.mail("s@remote.test")
+                smtp.rcpt("alice@example.test")
+                code, text = smtp.data(
+                    b"Subject: " + marker + b"\r\n\r\n" + b"x" * 500 + b"\r\nEND-" + marker + b"\r\n"
+                )
+        except (OSError, smtplib.SMTPException):
+            return
+        if code == 250:
+            found = re.search(rb"queued as (\w+)", text)
+            assert found is not None
+            acknowledged[found.group(1).decode()] = marker
+
+
+def test_kill_9_loses_no_acknowledged_message(make_server, postfix: PostfixInstance) -> None:  # type: ignore[no-untyped-def]
+    front = _front(make_server, postfix)
+    acknowledged: dict[str, bytes] = {}
+    stop = threading.Event()
+    workers = [threading.Thread(target=_sender, args=(front, n, acknowledged, stop)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 20
+    while len(acknowledged) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    front.process.kill()
+    front.process.wait()
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=15)
+    if len(acknowledged) < 20:
+        pytest.fail(f"only {len(acknowledged)} messages were acknowledged before the deadline")
+    stored = postfix.wait_for_messages("alice@example.test", len(acknowledged), timeout=30)
+    ids = {
+        m.group(1).decode()
+        for message in stored
+        if (m := re.search(rb"smtp-tarpit\) with ESMTP id (\w+)", message))
+    }
+    missing = set(acknowledged) - ids
+    assert not missing, f"acknowledged but not in Postfix: {sorted(missing)}"
+    with socket.create_connection(("127.0.0.1", postfix.port), timeout=5):
+        pass  # Postfix itself is still fine
