@@ -134,6 +134,11 @@ class LimitsConfig(Section):
 class RecipientsConfig(Section):
     domains: list[str] = []
     file: Path | None = None
+    verify: Literal["file", "downstream"] = "file"
+    verify_connections: int = Field(default=2, ge=1, le=100)
+    verify_positive_ttl: Seconds = Field(default=86400.0, ge=1, le=30 * 86400)
+    verify_negative_ttl: Seconds = Field(default=3600.0, ge=1, le=30 * 86400)
+    verify_cache_size: int = Field(default=100_000, ge=100, le=10_000_000)
 
     @field_validator("domains")
     @classmethod
@@ -280,6 +285,12 @@ class Config(Section):
     log: LogConfig = LogConfig()
     source: Path | None = Field(default=None, exclude=True)
 
+    @model_validator(mode="after")
+    def _verify_needs_a_relay(self) -> Config:
+        if self.recipients.verify == "downstream" and not self.delivery.relay.startswith("smtp"):
+            raise ValueError('[recipients] verify = "downstream" needs [delivery] relay = "smtp://host:port"')
+        return self
+
 
 _PATH_KEYS = (
     ("recipients", "file"),
@@ -334,8 +345,10 @@ def _stringify_paths(raw: dict[str, Any]) -> None:
 
 def _describe(path: Path, err: Any) -> str:
     loc = [str(p) for p in err["loc"]]
-    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]" if loc else ""
     message = "unknown key" if err["type"] == "extra_forbidden" else _message(err)
+    if not loc:  # a rule across sections: its message names the keys
+        return f"{path}: {message}"
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]"
     return f"{path}: {where}: {message}"
 
 

@@ -7,7 +7,7 @@ import smtplib
 import socket
 import time
 
-from tests.e2e.helpers import RunningServer
+from tests.e2e.helpers import PASSWORD, RunningServer
 
 
 def _pair(make_server, **upstream: dict[str, object]) -> tuple[RunningServer, RunningServer]:  # type: ignore[no-untyped-def]
@@ -75,3 +75,18 @@ def test_downstream_gone_is_a_4xx_and_new_sessions_get_421(make_server) -> None:
     with socket.create_connection((front.host, front.port), timeout=10) as sock:
         assert sock.makefile("rb").readline().startswith(b"421 4.4.1")
     front.wait_for_log(r'result=deferred detail="downstream smtp://127\.0\.0\.1:\d+ unavailable')
+
+
+def test_authenticated_clients_may_pass_other_domains_to_the_downstream_which_decides(make_server) -> None:  # type: ignore[no-untyped-def]
+    front, _ = _pair(make_server, auth={"users_file": "users.txt", "plaintext_from_loopback": True})
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        smtp.mail("s@remote.test")
+        assert smtp.rcpt("someone@elsewhere.test")[0] == 554  # anonymous: relay denied here
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        smtp.login("alice", PASSWORD)
+        smtp.mail("alice@example.test")
+        assert smtp.rcpt("someone@elsewhere.test")[0] == 250  # passed on ...
+        code, text = smtp.data(b"Subject: out\r\n\r\nx\r\n")
+    assert (code, text[:5]) == (554, b"5.7.1")  # ... and the downstream (no relay for us) said no

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import smtplib
 import socket
 import threading
@@ -137,3 +138,47 @@ def test_kill_9_loses_no_acknowledged_message(make_server, postfix: PostfixInsta
     assert not missing, f"acknowledged but not in Postfix: {sorted(missing)}"
     with socket.create_connection(("127.0.0.1", postfix.port), timeout=5):
         pass  # Postfix itself is still fine
+
+
+def _verifying_front(make_server, target: PostfixInstance, **overrides: dict[str, object]) -> RunningServer:  # type: ignore[no-untyped-def]
+    server = _front(make_server, target, **overrides)
+    text = server.config.read_text().replace('file = "recipients.txt"', 'verify = "downstream"')
+    server.config.write_text(text)  # no local list: Postfix decides who exists
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for_log("reloaded")
+    return server
+
+
+def _rcpt_codes(front: RunningServer, addresses: list[str], source: str = "127.0.0.1") -> list[int]:
+    with smtplib.SMTP(front.host, front.port, timeout=30, source_address=(source, 0)) as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("s@remote.test")
+        return [smtp.rcpt(address)[0] for address in addresses]
+
+
+def test_postfix_decides_who_exists_and_its_answers_are_cached(make_server, postfix: PostfixInstance) -> None:  # type: ignore[no-untyped-def]
+    front = _verifying_front(make_server, postfix, tarpit={"delay": 0.5})
+    started = time.monotonic()
+    assert _rcpt_codes(front, ["alice@example.test", "carol@example.test"]) == [250, 550]
+    assert time.monotonic() - started >= 0.5  # the 550 is tar pitted like any
+    assert _rcpt_codes(front, ["carol@example.test", "alice@example.test"]) == [550, 250]
+    refusals = re.findall(r"reject: RCPT from .*<carol@example\.test>", postfix.log())
+    assert len(refusals) == 1  # the second answer came from our cache
+
+
+def test_a_flagged_harvester_never_reaches_the_downstream(make_server, postfix: PostfixInstance) -> None:  # type: ignore[no-untyped-def]
+    front = _verifying_front(make_server, postfix, harvest={"threshold": 2, "delay": 0})
+    probes = [f"guess{i}@example.test" for i in range(6)]
+    assert _rcpt_codes(front, probes, source="127.0.1.2") == [550, 450, 450, 450, 450, 450]
+    asked = set(re.findall(r"<(guess\d)@example\.test>", postfix.log()))
+    assert asked == {"guess0", "guess1"}  # asked until the flag went up, never after
+
+
+def test_verification_with_postfix_down_is_a_temporary_failure(make_server, postfix: PostfixInstance) -> None:  # type: ignore[no-untyped-def]
+    front = _verifying_front(make_server, postfix)
+    postfix.stop()
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("s@remote.test")
+        code, text = smtp.rcpt("alice@example.test")
+    assert (code, text[:5]) == (450, b"4.4.3")

@@ -130,6 +130,7 @@ TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors, closing connection")
 SERVER_BUSY = _r(421, "4.7.0", "Server busy, please try again later")
 TRY_AGAIN_LATER = _r(450, "4.7.1", "Try again later")  # the harvest defence's uniform answer
 DEFER_MESSAGE = _r(451, "4.7.1", "Try again later")
+RECIPIENT_UNVERIFIED = _r(450, "4.4.3", "Recipient address verification failed, please try again later")
 TLS_UNAVAILABLE = _r(454, "4.7.0", "TLS not available, please try again later")
 AUTH_TEMPORARY_FAILURE = _r(454, "4.7.0", "Temporary authentication failure")
 

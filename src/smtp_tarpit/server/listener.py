@@ -191,6 +191,8 @@ class Server:
             await listener.wait_closed()
         if self.http is not None:
             await self.http.cleanup()
+        if self.runtime.verifier is not None:
+            await self.runtime.verifier.close()
         if self.admin is not None:
             self.admin.close()
             self.runtime.config.admin.socket.unlink(missing_ok=True)

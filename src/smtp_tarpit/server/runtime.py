@@ -17,6 +17,7 @@ from smtp_tarpit.delivery import Deliverer, DeliveryError
 from smtp_tarpit.delivery.maildir import MaildirDeliverer
 from smtp_tarpit.delivery.relay import RelayDeliverer, parse_relay
 from smtp_tarpit.directory import recipients
+from smtp_tarpit.directory.downstream import RecipientVerifier
 from smtp_tarpit.directory.recipients import Directory, DirectoryError
 from smtp_tarpit.dnscheck import DnsChecker
 from smtp_tarpit.policy.decisions import IPAddress
@@ -36,6 +37,7 @@ class Runtime:
     settings: PolicySettings
     limits: Limits
     dns: DnsChecker | None = None
+    verifier: RecipientVerifier | None = None
 
     def exempt(self, client: IPAddress | None) -> bool:
         if client is None:
@@ -66,6 +68,25 @@ def build(config: Config) -> Runtime:
         settings=policy_settings(config),
         limits=limits,
         dns=_dns(config),
+        verifier=_verifier(config),
+    )
+
+
+def _verifier(config: Config) -> RecipientVerifier | None:
+    recipients = config.recipients
+    if recipients.verify != "downstream":
+        return None
+    target = parse_relay(config.delivery.relay)
+    return RecipientVerifier(
+        target.host,
+        target.port,
+        hostname=config.server.hostname,
+        timeout=config.delivery.relay_timeout,
+        connections=recipients.verify_connections,
+        positive_ttl=recipients.verify_positive_ttl,
+        negative_ttl=recipients.verify_negative_ttl,
+        cache_size=recipients.verify_cache_size,
+        tls_context=_relay_tls(config),
     )
 
 

@@ -359,18 +359,46 @@ class Session(asyncio.Protocol):
 
     def _on_rcpt(self, event: Event) -> Reply | None:
         assert isinstance(event, Rcpt)
-        assert self.transaction is not None
-        found = self.server.runtime.directory.resolve(event.recipient)
+        runtime = self.server.runtime
+        recipient = event.recipient
+        found = runtime.directory.resolve(recipient)
         if found.verdict is Verdict.NOT_LOCAL:
+            if self.conn.authenticated and runtime.config.delivery.relay and not recipient.relay_trick:
+                return self._accept(recipient.key, str(recipient))  # the downstream decides
             return replies.RELAY_DENIED
-        if found.verdict is Verdict.UNKNOWN:
-            # Counted now, before any delay: parallel connections cannot race the harvest flag.
-            if not (self.conn.authenticated or self.exempt):
-                self.session_score += self.server.tarpit.observe(self.keys, Observation.UNKNOWN_RECIPIENT)
-            self.observation = _OBSERVED
-            return replies.UNKNOWN_USER
+        verifier = runtime.verifier
+        if verifier is None or not recipient.domain or recipient.local.casefold() == "postmaster":
+            return self._rcpt_answer(found.verdict is Verdict.ACCEPT, found.mailbox, str(recipient))
+        if self.server.tarpit.view(self.keys).flagged(self.server.tarpit.now()):
+            # A flagged harvester never reaches the downstream; the policy answers it uniformly anyway.
+            return self._accept(recipient.key, str(recipient))
+        known = verifier.cached(recipient.key)
+        if known is not None:
+            return self._rcpt_answer(known, recipient.key, str(recipient))
+        self.server.spawn(self._verify(recipient.key, str(recipient)))
+        return None
+
+    async def _verify(self, key: str, recipient: str) -> None:
+        verifier = self.server.runtime.verifier
+        assert verifier is not None
+        answer = await verifier.verify(key)
+        if answer is None:
+            self._finish(replies.RECIPIENT_UNVERIFIED)
+        else:
+            self._finish(self._rcpt_answer(answer, key, recipient))
+
+    def _rcpt_answer(self, valid: bool, mailbox: str, recipient: str) -> Reply:
+        if valid:
+            return self._accept(mailbox, recipient)
+        # Counted now, before any delay: parallel connections cannot race the harvest flag.
+        if not (self.conn.authenticated or self.exempt):
+            self.session_score += self.server.tarpit.observe(self.keys, Observation.UNKNOWN_RECIPIENT)
+        self.observation = _OBSERVED
+        return replies.UNKNOWN_USER
+
+    def _accept(self, mailbox: str, recipient: str) -> Reply:
         # Kept aside until the reply is known: the policy may answer a flagged client 450 instead.
-        self.pending_mailbox = (found.mailbox, str(event.recipient))
+        self.pending_mailbox = (mailbox, recipient)
         return replies.RECIPIENT_OK
 
     def _on_data(self, event: Event) -> Reply | None:
