@@ -90,3 +90,23 @@ def test_authenticated_clients_may_pass_other_domains_to_the_downstream_which_de
         assert smtp.rcpt("someone@elsewhere.test")[0] == 250  # passed on ...
         code, text = smtp.data(b"Subject: out\r\n\r\nx\r\n")
     assert (code, text[:5]) == (554, b"5.7.1")  # ... and the downstream (no relay for us) said no
+
+
+def test_relay_over_starttls_checks_the_downstream_certificate(make_server) -> None:  # type: ignore[no-untyped-def]
+    downstream = make_server(tls={"certificate": "cert.pem", "private_key": "key.pem"})
+    trusted = {
+        "relay": f"smtp+starttls://localhost:{downstream.port}",
+        "relay_ca_file": str(downstream.folder / "cert.pem"),
+    }
+    front = make_server(delivery=trusted)
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        assert smtp.sendmail("s@remote.test", ["alice@example.test"], b"Subject: tls\r\n\r\nx\r\n") == {}
+    [stored] = downstream.messages("alice@example.test")
+    assert b"with ESMTPS" in stored  # the hop to the downstream was encrypted
+    untrusting = make_server(delivery={"relay": f"smtp+starttls://localhost:{downstream.port}"})
+    with smtplib.SMTP(untrusting.host, untrusting.port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        smtp.mail("s@remote.test")
+        smtp.rcpt("alice@example.test")
+        code, _ = smtp.data(b"Subject: tls\r\n\r\nx\r\n")
+    assert code == 451  # a self-signed certificate nobody vouches for: not delivered, not lost
