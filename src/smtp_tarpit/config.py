@@ -287,7 +287,10 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _verify_needs_a_relay(self) -> Config:
-        if self.recipients.verify == "downstream" and not self.delivery.relay.startswith("smtp"):
+        relay = self.delivery.relay
+        if self.recipients.verify == "downstream" and not (
+            relay and parse_relay(relay).scheme.startswith("smtp")
+        ):
             raise ValueError('[recipients] verify = "downstream" needs [delivery] relay = "smtp://host:port"')
         return self
 

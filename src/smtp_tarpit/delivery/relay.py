@@ -1,6 +1,7 @@
 """Relay delivery: forward each accepted message, in the client's own session, to one downstream MTA.
 
-``[delivery] relay = "smtp://host:port"`` (or ``smtp+starttls://``). The downstream transaction (XFORWARD
+``[delivery] relay = "smtp://host:port"`` (or ``smtp+starttls://``; the ``lmtp`` forms are parsed here too and
+delivered by ``delivery.lmtp``). The downstream transaction (XFORWARD
 when offered, MAIL, one RCPT per accepted recipient, DATA) runs when the client's message is complete, and
 the client's 250 is sent only after the downstream's 250. Nothing is queued here: at any moment a message
 is either acknowledged downstream or not acknowledged to the client.
@@ -30,34 +31,61 @@ import aiosmtplib
 from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
 
 DOWN_FOR = 10.0  # seconds new sessions are refused (421 4.4.1) after the downstream failed to answer
-SCHEMES = ("smtp", "smtp+starttls")
+SCHEMES = ("smtp", "smtp+starttls", "lmtp")
+MAX_SOCKET_PATH = 107  # octets: sun_path is 108 bytes on Linux, with the terminating NUL
+_FORMS = "smtp://host:port, smtp+starttls://host:port, lmtp://host:port or lmtp:/path/to/socket"
 
 
 @dataclass(frozen=True, slots=True)
 class RelayTarget:
     scheme: str
-    host: str
-    port: int
+    host: str = ""
+    port: int = 0
+    path: str = ""  # a Unix socket (lmtp only); then host and port are unset
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        if self.path:
+            return f"{self.scheme}:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 def parse_relay(url: str) -> RelayTarget:
-    """Parse ``smtp://host:port`` or ``smtp+starttls://host:port``; raise ValueError saying what is wrong."""
+    """Parse ``smtp://host:port``, ``smtp+starttls://host:port``, ``lmtp://host:port`` or
+    ``lmtp:/path/to/socket``; raise ValueError saying what is wrong."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url) or url != url.strip():
+        # urlsplit would drop tabs, line breaks and surrounding spaces without a word
+        raise ValueError(f"control character or surrounding space in {url!r}")
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"expected {' or '.join(s + '://host:port' for s in SCHEMES)}, got {url!r}")
+        raise ValueError(f"expected {_FORMS}, got {url!r}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"unexpected '?' or '#' in {url!r}: expected {_FORMS}")
+    if parts.scheme == "lmtp" and not url.partition(":")[2].startswith("//"):
+        return _socket_target(url, parts.path)
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"bad port in {url!r}") from None
-    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise ValueError(f"bad port in {url!r}: expected a number from 1 to 65535") from None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or "@" in parts.netloc:
         raise ValueError(f"expected {parts.scheme}://host:port, got {url!r}")
+    if port == 0:
+        raise ValueError(f"bad port in {url!r}: expected a number from 1 to 65535")
     return RelayTarget(parts.scheme, parts.hostname, port)
 
 
-def _enhanced(message: str, code: int) -> str:
+def _socket_target(url: str, path: str) -> RelayTarget:
+    if not path.startswith("/") or path.endswith("/"):
+        raise ValueError(f"expected lmtp:/path/to/socket (an absolute path) or lmtp://host:port, got {url!r}")
+    if len(path.encode()) > MAX_SOCKET_PATH:
+        raise ValueError(
+            f"socket path in {url!r} is longer than {MAX_SOCKET_PATH} bytes, the limit of a Unix socket path"
+        )
+    return RelayTarget("lmtp", path=path)
+
+
+def enhanced_code(message: str, code: int) -> str:
+    """The RFC 3463 code at the start of a downstream reply's text, or the class default (e.g. 5.0.0)."""
     first = message.split(" ", 1)[0]
     parts = first.split(".")
     if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] == str(code)[0]:
@@ -142,7 +170,7 @@ class RelayDeliverer:
             await client.rset()
             if len(refused) == len(envelope.recipients) and all(r.code >= 500 for r in refused):
                 first = refused[0]
-                raise DownstreamRefusedError(first.code, _enhanced(first.message, first.code), "RCPT")
+                raise DownstreamRefusedError(first.code, enhanced_code(first.message, first.code), "RCPT")
             # Some recipients taken, some not: one answer cannot say both, and we never bounce.
             raise DeliveryError(f"downstream refused {len(refused)} of {len(envelope.recipients)} recipients")
         await client.data(message)
@@ -150,7 +178,7 @@ class RelayDeliverer:
 
 def _failure(code: int, message: str, where: str) -> DeliveryError:
     if code >= 500:
-        return DownstreamRefusedError(code, _enhanced(message, code), where)
+        return DownstreamRefusedError(code, enhanced_code(message, code), where)
     return DeliveryError(f"downstream answered {code} at {where}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from smtp_tarpit.auth.passwords import Users, UsersFileError, load_users
 from smtp_tarpit.config import Config, ConfigError
 from smtp_tarpit.delivery import Deliverer, DeliveryError
+from smtp_tarpit.delivery.lmtp import LmtpDeliverer
 from smtp_tarpit.delivery.maildir import MaildirDeliverer
 from smtp_tarpit.delivery.relay import RelayDeliverer, parse_relay
 from smtp_tarpit.directory import recipients
@@ -93,8 +94,16 @@ def _verifier(config: Config) -> RecipientVerifier | None:
 def _deliverer(config: Config) -> Deliverer:
     delivery = config.delivery
     if delivery.relay:
+        target = parse_relay(delivery.relay)
+        if target.scheme == "lmtp":
+            return LmtpDeliverer(
+                target,
+                hostname=config.server.hostname,
+                timeout=delivery.relay_timeout,
+                connections=delivery.relay_connections,
+            )
         return RelayDeliverer(
-            parse_relay(delivery.relay),
+            target,
             hostname=config.server.hostname,
             timeout=delivery.relay_timeout,
             connections=delivery.relay_connections,
