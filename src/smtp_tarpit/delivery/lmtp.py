@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from dataclasses import dataclass
 
 from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
-from smtp_tarpit.delivery.relay import DOWN_FOR, RelayTarget, enhanced_code
+from smtp_tarpit.delivery.relay import DownstreamDeliverer, RelayTarget, enhanced_code
 
 MAX_REPLY_LINE = 4096  # octets; RFC 5321 allows 512, servers' help texts run longer
 MAX_REPLY_LINES = 100  # lines in one multi-line reply
@@ -117,33 +116,16 @@ class _Connection:
             self.writer.transport.abort()  # no-op once closed; drops what is unsent if closing hung
 
 
-class LmtpDeliverer:
-    final = False
-
+class LmtpDeliverer(DownstreamDeliverer):
     def __init__(
         self, target: RelayTarget, *, hostname: str, timeout: float = 60.0, connections: int = 100
     ) -> None:
         if target.scheme != "lmtp":
             raise ValueError(f"not an LMTP target: {target}")
-        self.target = target
-        self.hostname = hostname
-        self.timeout = timeout
-        self.connections = connections
-        self._slots: asyncio.Semaphore | None = None
-        self._down_until = 0.0
-
-    def check(self) -> None:
-        """Nothing to check without a round trip (the LMTP server may start after us); see ``available``."""
-
-    @property
-    def available(self) -> bool:
-        """False for a short while after the LMTP server could not be reached: new sessions get 421 4.4.1."""
-        return time.monotonic() >= self._down_until
+        super().__init__(target, hostname=hostname, timeout=timeout, connections=connections)
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.connections)
-        async with self._slots:
+        async with self.slot():
             connection, extensions = await self._connect()
             in_step = False
             try:
@@ -181,7 +163,7 @@ class LmtpDeliverer:
                 raise LmtpProtocolError(f"LHLO answered {hello.code}")
             return connection, frozenset(line.split(" ", 1)[0].upper() for line in hello.lines[1:])
         except (OSError, TimeoutError, EOFError, LmtpProtocolError) as exc:
-            self._down_until = time.monotonic() + DOWN_FOR
+            self.mark_down()
             if connection is not None:
                 await connection.close(quit_first=False)
             raise TargetUnavailableError(

@@ -93,9 +93,38 @@ def enhanced_code(message: str, code: int) -> str:
     return f"{str(code)[0]}.0.0"
 
 
-class RelayDeliverer:
+class DownstreamDeliverer:
+    """What the SMTP and LMTP deliverers share: the target, the connection bound, the "down" state."""
+
     final = False
 
+    def __init__(self, target: RelayTarget, *, hostname: str, timeout: float, connections: int) -> None:
+        self.target = target
+        self.hostname = hostname
+        self.timeout = timeout
+        self.connections = connections
+        self._slots: asyncio.Semaphore | None = None
+        self._down_until = 0.0
+
+    def check(self) -> None:
+        """Nothing to check without a round trip (the downstream may start after us); see ``available``."""
+
+    @property
+    def available(self) -> bool:
+        """False for a short while after the downstream failed to answer: new sessions get 421 4.4.1."""
+        return time.monotonic() >= self._down_until
+
+    def mark_down(self) -> None:
+        self._down_until = time.monotonic() + DOWN_FOR
+
+    def slot(self) -> asyncio.Semaphore:
+        """The bound on downstream connections (made lazily: it belongs to the running loop)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.connections)
+        return self._slots
+
+
+class RelayDeliverer(DownstreamDeliverer):
     def __init__(
         self,
         target: RelayTarget,
@@ -105,26 +134,11 @@ class RelayDeliverer:
         connections: int = 100,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.target = target
-        self.hostname = hostname
-        self.timeout = timeout
-        self.connections = connections
+        super().__init__(target, hostname=hostname, timeout=timeout, connections=connections)
         self.tls_context = tls_context
-        self._slots: asyncio.Semaphore | None = None
-        self._down_until = 0.0
-
-    def check(self) -> None:
-        """The relay has nothing to check without a network round trip; see ``available``."""
-
-    @property
-    def available(self) -> bool:
-        """False for a short while after the downstream failed to answer: new sessions get 421 4.4.1."""
-        return time.monotonic() >= self._down_until
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.connections)
-        async with self._slots:
+        async with self.slot():
             client = aiosmtplib.SMTP(
                 hostname=self.target.host,
                 port=self.target.port,
@@ -136,7 +150,7 @@ class RelayDeliverer:
             try:
                 await client.connect()
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                self._down_until = time.monotonic() + DOWN_FOR
+                self.mark_down()
                 raise TargetUnavailableError(
                     f"downstream {self.target} unavailable: {exc.__class__.__name__}"
                 ) from exc
