@@ -40,6 +40,10 @@ class Runtime:
     dns: DnsChecker | None = None
     verifier: RecipientVerifier | None = None
 
+    def proxied(self, peer: IPAddress | None) -> bool:
+        """Does this peer (a load balancer) send a PROXY header before SMTP starts?"""
+        return peer is not None and any(peer in net for net in self.config.server.proxy_protocol_from)
+
     def exempt(self, client: IPAddress | None) -> bool:
         if client is None:
             return False

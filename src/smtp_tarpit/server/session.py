@@ -44,6 +44,7 @@ from smtp_tarpit.protocol.events import (
     StartTls,
     Vrfy,
 )
+from smtp_tarpit.protocol.proxy import ProxyHeaderError, parse_proxy_header
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
 from smtp_tarpit.server.tarpit import stage_of
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtp_tarpit.session")
 HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
+PROXY_HEADER_TIMEOUT = 10.0  # seconds a balancer has to send its PROXY header (it sends it at once)
 
 
 _LABELS = {"Answer": "protocol", "AuthCredentials": "auth", "StartTls": "starttls", "Helo": "helo"}
@@ -105,6 +107,7 @@ class Session(asyncio.Protocol):
         "outcome",
         "paused",
         "pending_mailbox",
+        "proxy",
         "server",
         "session_score",
         "stage",
@@ -138,17 +141,52 @@ class Session(asyncio.Protocol):
         self.held_since = 0.0
         self.observation: Observation | object | None = None  # what a 5xx says of the client
         self.pending_mailbox: tuple[str, str] | None = None
+        self.proxy: bytearray | None = None  # bytes of a PROXY header still being read
 
     # --- connection lifecycle ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        runtime = self.server.runtime
         self.transport = transport
-        self.client = parse_peer(transport.get_extra_info("peername"))
+        self.started = self.last_active = self.server.loop.time()
+        peer = parse_peer(transport.get_extra_info("peername"))
+        if self.server.runtime.proxied(peer):
+            # A load balancer: the real client's address comes first, in a PROXY header (v1 or v2).
+            self.client, self.proxy = peer, bytearray()
+            self.idle = self.server.loop.call_later(PROXY_HEADER_TIMEOUT, self._proxy_failed, "timeout")
+            return
+        self._start(peer)
+
+    def _proxy_header(self, data: bytes) -> None:
+        assert self.proxy is not None
+        self.proxy += data
+        try:
+            parsed = parse_proxy_header(bytes(self.proxy))
+        except ProxyHeaderError as exc:
+            self._proxy_failed(str(exc))
+            return
+        if parsed is None:
+            return
+        info, used = parsed
+        rest, self.proxy = bytes(self.proxy[used:]), None
+        if self.idle is not None:
+            self.idle.cancel()
+        self._start(info.client or self.client)
+        if rest and self.transport is not None:
+            self.data_received(rest)
+
+    def _proxy_failed(self, reason: str) -> None:
+        # The balancer speaks PROXY, not SMTP: no SMTP reply, just close.
+        log.warning("no valid PROXY header from %s: %s", self.client, reason)
+        self.outcome = "refused"
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _start(self, client: IPAddress | None) -> None:
+        runtime = self.server.runtime
+        self.client = client
         self.keys = self.server.tarpit.keys(self.client)
         self.exempt = runtime.exempt(self.client)
-        self.started = self.last_active = self.server.loop.time()
         features = Features(
             starttls=runtime.tls is not None,
             auth=runtime.users is not None,
@@ -199,7 +237,7 @@ class Session(asyncio.Protocol):
             self.idle.cancel()
         self.transport = None
         self.server.forget(self)
-        if self.outcome != "refused":
+        if self.outcome != "refused" and self.proxy is None:
             log.info(
                 "session end client=%s host=%s helo=%s commands=%d errors=%d delayed=%.1fs duration=%.1fs "
                 "dnsbl=%g outcome=%s",
@@ -215,6 +253,9 @@ class Session(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        if self.proxy is not None:
+            self._proxy_header(data)
+            return
         if self.tls_upgrading and self.transport is not None and self.transport.get_protocol() is self:
             # Plaintext sent after our 220 to STARTTLS, before the handshake: never executed. Once
             # start_tls has taken the socket over, data reaches us decrypted (possibly before start_tls
