@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -83,12 +85,20 @@ def test_forward_confirmed_hostname_suffix_is_exempt(make_server, dns_server: Th
     server = make_server(
         tarpit={"delay": 1, "exempt_hostnames": [".google.test"]},
         dns={"servers": [f"127.0.0.1:{dns_server.port}"], "timeout": "500ms"},
+        admin={"listen": "127.0.0.1:0"},
     )
     code, took = _first_error_wait(server, "127.0.1.2")
     assert code == 550 and took < 0.5
     code, took = _first_error_wait(server, "127.0.1.3")  # its PTR name does not point back at it
     assert code == 550 and took >= 1
     server.wait_for_log(r"session end client=127\.0\.1\.2 host=mx\.google\.test ")
+    admin = server.wait_for_log(r"admin HTTP on (\S+) port (\d+)")
+    with urllib.request.urlopen(f"http://{admin.group(1)}:{admin.group(2)}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    asked = re.search(
+        r'^smtp_tarpit_lookups_total\{kind="dns",outcome="asked"\} (\S+)$', metrics, re.MULTILINE
+    )
+    assert asked is not None and float(asked.group(1)) >= 4  # two PTR and two forward lookups
 
 
 def test_dnsbl_listing_adds_to_the_score(make_server, dns_server: ThreadedDns) -> None:  # type: ignore[no-untyped-def]

@@ -87,6 +87,7 @@ class Live:
     decisions: Callable[[], dict[str, int]]
     harvest_flags: Callable[[], int]
     clients_known: Callable[[], int]
+    lookups: Callable[[], dict[tuple[str, ...], int]]  # (subsystem, outcome) -> count: DNS, verification
 
 
 class ServerCollector(Collector):
@@ -114,6 +115,12 @@ class ServerCollector(Collector):
         caps: dict[tuple[str, ...], int] = {(cap,): n for cap, n in s.caps_hit.items()}
         yield _labelled("caps_hit", "Times a cap bit, by cap", ["cap"], caps)
         yield _gauge("clients_known", "Client records held", live.clients_known())
+        yield _labelled(
+            "lookups",
+            "DNS checks and downstream recipient checks, by kind and outcome",
+            ["kind", "outcome"],
+            live.lookups(),
+        )
 
 
 PREFIX = "smtp_tarpit_"

@@ -31,14 +31,6 @@ class Reply:
     def text(self) -> str:
         return " ".join(self.lines)
 
-    @property
-    def is_error(self) -> bool:
-        return self.code >= 400
-
-    @property
-    def is_permanent_error(self) -> bool:
-        return self.code >= 500
-
 
 def _render(code: int, enhanced: str | None, lines: tuple[str, ...]) -> bytes:
     prefix = f"{enhanced} " if enhanced else ""
@@ -137,7 +129,6 @@ AUTH_TEMPORARY_FAILURE = _r(454, "4.7.0", "Temporary authentication failure")
 # 5xx: permanent; these are what the seed tar pit delays.
 UNKNOWN_COMMAND = _r(500, "5.5.1", "Command unrecognized")
 NOT_IMPLEMENTED = _r(502, "5.5.1", "Command not implemented")
-BAD_SEQUENCE = _r(503, "5.5.1", "Bad sequence of commands")
 NEED_HELO = _r(503, "5.5.1", "Send HELO or EHLO first")
 NESTED_MAIL = _r(503, "5.5.1", "Sender already specified")
 NEED_MAIL = _r(503, "5.5.1", "Need MAIL command first")
@@ -146,7 +137,6 @@ NO_VALID_RECIPIENTS = _r(554, "5.5.1", "No valid recipients")
 IN_TRANSACTION = _r(503, "5.5.1", "Not allowed during a mail transaction")
 ALREADY_AUTHENTICATED = _r(503, "5.5.1", "Already authenticated")
 TLS_ALREADY_ACTIVE = _r(503, "5.5.1", "TLS already active")
-SYNTAX_ERROR = _r(501, "5.5.4", "Syntax error in parameters or arguments")
 SYNTAX_HELO = _r(501, "5.5.4", "Syntax: HELO hostname")
 SYNTAX_EHLO = _r(501, "5.5.4", "Syntax: EHLO hostname")
 SYNTAX_MAIL = _r(501, "5.5.4", "Syntax: MAIL FROM:<address>")

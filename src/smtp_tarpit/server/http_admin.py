@@ -47,6 +47,7 @@ async def start(server: Server, listen: str) -> web.AppRunner:
         decisions=lambda: dict(server.tarpit.decisions),
         harvest_flags=lambda: server.tarpit.flags,
         clients_known=lambda: len(server.tarpit.store),
+        lookups=lambda: _lookups(server),
     )
     app["registry"] = registry(server.stats, live)
     app.router.add_get("/metrics", _metrics)
@@ -61,6 +62,25 @@ async def start(server: Server, listen: str) -> web.AppRunner:
     for address in runner.addresses:
         log.info("admin HTTP on %s port %d", address[0], address[1])
     return runner
+
+
+def _lookups(server: Server) -> dict[tuple[str, ...], int]:
+    counts: dict[tuple[str, ...], int] = {}
+    dns, verifier = server.runtime.dns, server.runtime.verifier
+    if dns is not None:
+        counts |= {
+            ("dns", "asked"): dns.lookups,
+            ("dns", "cached"): dns.cache_hits,
+            ("dns", "failed"): dns.failures,
+        }
+    if verifier is not None:
+        counts |= {
+            ("verify", "asked"): verifier.probes,
+            ("verify", "cached"): verifier.cache_hits,
+            ("verify", "failed"): verifier.failures,
+        }
+    counts[("store", "evicted")] = server.tarpit.store.evictions
+    return counts
 
 
 async def _metrics(request: web.Request) -> web.Response:
