@@ -44,9 +44,11 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python bench/held_connections.py --connections 2000
 	$(BIN)/python bench/maildir_rate.py --clients 20 --messages 2000 --runs 3
+	$(BIN)/python bench/harvest_efficacy.py
+	$(BIN)/python bench/relay_rate.py
 
 clean:
 	rm -rf $(VENV) var build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
