@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: run test lint typecheck unit e2e system-deps bench clean
+.PHONY: run test test-uvloop lint typecheck system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -44,6 +44,12 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest
 
+# The same suite on uvloop (the optional `fast` extra), in a venv of its own.
+test-uvloop:
+	$(MAKE) VENV=.venv-uvloop .venv-uvloop/.installed
+	.venv-uvloop/bin/pip install -q -e '.[test,fast]'
+	.venv-uvloop/bin/pytest
+
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/held_connections.py --connections 2000
 	$(BIN)/python bench/maildir_rate.py --clients 20 --messages 2000 --runs 3
@@ -51,4 +57,4 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/relay_rate.py
 
 clean:
-	rm -rf $(VENV) var build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-uvloop var build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -119,6 +119,7 @@ class ServerConfig(Section):
     bare_newline: Literal["normalize", "reject"] = "normalize"
     shutdown_grace: Seconds = Field(default=30.0, ge=0, le=600)
     proxy_protocol_from: list[Network] = []
+    uvloop: bool = True
 
 
 class LimitsConfig(Section):

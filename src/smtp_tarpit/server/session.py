@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
 from smtp_tarpit.directory.recipients import Verdict
@@ -146,8 +146,8 @@ class Session(asyncio.Protocol):
     # --- connection lifecycle ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports are not asyncio.Transport subclasses, yet behave so.
+        self.transport = cast(asyncio.Transport, transport)
         self.started = self.last_active = self.server.loop.time()
         peer = parse_peer(transport.get_extra_info("peername"))
         if self.server.runtime.proxied(peer):
@@ -542,7 +542,6 @@ class Session(asyncio.Protocol):
             return
         if transport is None:
             return
-        assert isinstance(transport, asyncio.Transport)
         self.transport, self.tls_upgrading, self.busy = transport, False, False
         self.last_active = self.server.loop.time()
         self._pump()
