@@ -97,15 +97,20 @@ class ServerProcess:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = LISTENING.search(self.log())
-            if found:
-                self.host, self.port = found.group(1), int(found.group(2))
+            if self.listening():
                 return self
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"{self.name} did not start listening; log:\n{self.log()[-4000:]}")
+
+    def listening(self) -> bool:
+        """Has the server said where it listens? Sets host and port when it has."""
+        found = LISTENING.search(self.log())
+        if found:
+            self.host, self.port = found.group(1), int(found.group(2))
+        return found is not None
 
     @property
     def pid(self) -> int:

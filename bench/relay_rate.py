@@ -104,30 +104,13 @@ class TarpitProcess(ServerProcess):
 
     admin_port: int = 0
 
-    def start(self, timeout: float = 30.0) -> TarpitProcess:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.folder / f"{self.name}.log"
-        with self.log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.folder,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ports = listening_ports(self.pid)
-            smtp = sorted(ports - {self.admin_port})
-            if smtp and self.admin_port in ports:
-                self.host, self.port = "127.0.0.1", smtp[0]
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"{self.name} did not start listening; log:\n{self.log()[-4000:]}")
+    def listening(self) -> bool:
+        ports = listening_ports(self.pid)
+        smtp = sorted(ports - {self.admin_port})
+        if smtp and self.admin_port in ports:
+            self.host, self.port = "127.0.0.1", smtp[0]
+            return True
+        return False
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -179,9 +162,11 @@ def start_tarpit(folder: Path, postfix_port: int) -> TarpitProcess:
         server = TarpitProcess(f"smtp-tarpit-{attempt}", smtp_tarpit_command(config), folder)
         server.admin_port = admin_port
         try:
-            return server.start()
+            server.start()
         except RuntimeError as exc:
             last = exc
+        else:
+            return server
     raise RuntimeError(f"smtp-tarpit did not start: {last}")
 
 
