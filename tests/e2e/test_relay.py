@@ -6,6 +6,8 @@ import signal
 import smtplib
 import socket
 import time
+import urllib.error
+import urllib.request
 
 from tests.e2e.helpers import PASSWORD, RunningServer
 
@@ -110,3 +112,25 @@ def test_relay_over_starttls_checks_the_downstream_certificate(make_server) -> N
         smtp.rcpt("alice@example.test")
         code, _ = smtp.data(b"Subject: tls\r\n\r\nx\r\n")
     assert code == 451  # a self-signed certificate nobody vouches for: not delivered, not lost
+
+
+def test_healthz_says_when_the_downstream_is_down(make_server) -> None:  # type: ignore[no-untyped-def]
+    downstream = make_server()
+    front = make_server(
+        delivery={"relay": f"smtp://127.0.0.1:{downstream.port}"}, admin={"listen": "127.0.0.1:0"}
+    )
+    admin = front.wait_for_log(r"admin HTTP on (\S+) port (\d+)")
+    url = f"http://{admin.group(1)}:{admin.group(2)}/healthz"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+    downstream.stop()
+    with smtplib.SMTP(front.host, front.port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        smtp.mail("s@remote.test")
+        smtp.rcpt("alice@example.test")
+        assert smtp.data(b"Subject: x\r\n\r\ny\r\n")[0] == 451
+    try:
+        urllib.request.urlopen(url, timeout=10)
+        raise AssertionError("healthz said ok with the downstream down")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503 and b"downstream" in exc.read()

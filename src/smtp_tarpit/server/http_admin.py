@@ -95,10 +95,13 @@ async def _healthz(request: web.Request) -> web.Response:
         problems.append("shutting down")
     if not any(listener.is_serving() for listener in server.listeners):
         problems.append("not listening")
+    deliverer = server.runtime.deliverer
     try:
-        server.runtime.deliverer.check()
+        deliverer.check()
     except DeliveryError as exc:
         problems.append(f"delivery: {exc}")
+    if not deliverer.available:
+        problems.append("delivery: the downstream did not answer (new sessions get 421 4.4.1)")
     if problems:
         return web.json_response({"status": "unhealthy", "problems": problems}, status=503)
     return web.json_response({"status": "ok"})
