@@ -7,8 +7,10 @@ import ipaddress
 import os
 import re
 import signal
+import smtplib
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,3 +161,53 @@ def start_server(folder: Path, overrides: dict[str, dict[str, Any]] | None = Non
         raise
     server.host, server.port = found.group(1), int(found.group(2))
     return server
+
+
+def _send_until_stopped(
+    server: RunningServer, worker: int, acked: dict[str, bytes], stop: threading.Event
+) -> None:
+    number = 0
+    while not stop.is_set():
+        number += 1
+        marker = f"w{worker}n{number}".encode()
+        body = (
+            b"Subject: crash "
+            + marker
+            + b"\r\n\r\n"
+            + (b"x" * 70 + b"\r\n") * 50
+            + b"END-"
+            + marker
+            + b"\r\n"
+        )
+        try:
+            with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+                smtp.ehlo("client.example")
+                smtp.mail("s@remote.test")
+                smtp.rcpt("alice@example.test")
+                code, text = smtp.data(body)
+        except (OSError, smtplib.SMTPException):
+            return
+        if code == 250:
+            found = re.search(rb"queued as (\w+)", text)
+            assert found is not None
+            acked[found.group(1).decode()] = marker
+
+
+def kill_while_sending(server: RunningServer, minimum: int, within: float) -> dict[str, bytes]:
+    """Four clients send to alice until ``minimum`` messages got a 250 (or ``within`` seconds passed), then
+    the server is killed with SIGKILL mid-stream. Returns message id -> marker for every acknowledged one;
+    each message ends with the line ``END-<marker>``."""
+    acked: dict[str, bytes] = {}
+    stop = threading.Event()
+    workers = [threading.Thread(target=_send_until_stopped, args=(server, n, acked, stop)) for n in range(4)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + within
+    while len(acked) < minimum and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.process.kill()
+    server.process.wait()
+    stop.set()
+    for worker in workers:
+        worker.join(timeout=15)
+    return acked

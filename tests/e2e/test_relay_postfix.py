@@ -6,14 +6,13 @@ import re
 import signal
 import smtplib
 import socket
-import threading
 import time
 
 import pytest
 
 from tests.e2e import downstream
 from tests.e2e.downstream import PostfixInstance
-from tests.e2e.helpers import RunningServer
+from tests.e2e.helpers import RunningServer, kill_while_sending
 
 make_postfix = downstream.make_postfix
 postfix = downstream.postfix
@@ -90,42 +89,9 @@ def test_smuggling_vectors_never_make_a_second_message_in_postfix(
     assert postfix.messages("bob@example.test") == []
 
 
-def _sender(front: RunningServer, worker: int, acknowledged: dict[str, bytes], stop: threading.Event) -> None:
-    number = 0
-    while not stop.is_set():
-        number += 1
-        marker = f"w{worker}n{number}".encode()
-        try:
-            with smtplib.SMTP(front.host, front.port, timeout=10) as smtp:
-                smtp.ehlo("client.example")
-                smtp.mail("s@remote.test")
-                smtp.rcpt("alice@example.test")
-                code, text = smtp.data(
-                    b"Subject: " + marker + b"\r\n\r\n" + b"x" * 500 + b"\r\nEND-" + marker + b"\r\n"
-                )
-        except (OSError, smtplib.SMTPException):
-            return
-        if code == 250:
-            found = re.search(rb"queued as (\w+)", text)
-            assert found is not None
-            acknowledged[found.group(1).decode()] = marker
-
-
 def test_kill_9_loses_no_acknowledged_message(make_server, postfix: PostfixInstance) -> None:  # type: ignore[no-untyped-def]
     front = _front(make_server, postfix)
-    acknowledged: dict[str, bytes] = {}
-    stop = threading.Event()
-    workers = [threading.Thread(target=_sender, args=(front, n, acknowledged, stop)) for n in range(4)]
-    for worker in workers:
-        worker.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    front.process.kill()
-    front.process.wait()
-    stop.set()
-    for worker in workers:
-        worker.join(timeout=15)
+    acknowledged = kill_while_sending(front, minimum=20, within=20)
     if len(acknowledged) < 20:
         pytest.fail(f"only {len(acknowledged)} messages were acknowledged before the deadline")
     stored = postfix.wait_for_messages("alice@example.test", len(acknowledged), timeout=30)

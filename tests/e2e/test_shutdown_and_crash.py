@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 import signal
-import smtplib
 import socket
-import threading
 import time
 
-from tests.e2e.helpers import RunningServer
+from tests.e2e.helpers import RunningServer, kill_while_sending
 
 
 def _reply(reader: socket.SocketIO | object) -> bytes:
@@ -61,50 +59,8 @@ def test_sigterm_lets_a_message_in_flight_finish(server: RunningServer) -> None:
     assert stored.endswith(b"first half\nsecond half\n")
 
 
-def _sender(
-    server: RunningServer, worker: int, acknowledged: dict[str, bytes], stop: threading.Event
-) -> None:
-    number = 0
-    while not stop.is_set():
-        number += 1
-        marker = f"w{worker}n{number}".encode()
-        body = (
-            b"Subject: crash "
-            + marker
-            + b"\r\n\r\n"
-            + (b"x" * 70 + b"\r\n") * 50
-            + b"END-"
-            + marker
-            + b"\r\n"
-        )
-        try:
-            with smtplib.SMTP(server.host, server.port, timeout=5) as smtp:
-                smtp.ehlo("c.test")
-                smtp.mail("s@remote.test")
-                smtp.rcpt("alice@example.test")
-                code, text = smtp.data(body)
-        except (OSError, smtplib.SMTPException):
-            return
-        if code == 250:
-            found = re.search(rb"queued as (\w+)", text)
-            assert found is not None
-            acknowledged[found.group(1).decode()] = marker
-
-
 def test_kill_9_loses_no_acknowledged_message(server: RunningServer) -> None:
-    acknowledged: dict[str, bytes] = {}
-    stop = threading.Event()
-    workers = [threading.Thread(target=_sender, args=(server, n, acknowledged, stop)) for n in range(4)]
-    for worker in workers:
-        worker.start()
-    deadline = time.monotonic() + 10
-    while len(acknowledged) < 40 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    server.process.kill()  # SIGKILL while the clients are still sending
-    server.process.wait()
-    stop.set()
-    for worker in workers:
-        worker.join(timeout=10)
+    acknowledged = kill_while_sending(server, minimum=40, within=10)  # SIGKILL while clients still send
     assert len(acknowledged) >= 40
     stored = {}
     for message in server.messages():

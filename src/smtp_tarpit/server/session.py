@@ -47,7 +47,6 @@ from smtp_tarpit.protocol.events import (
 from smtp_tarpit.protocol.proxy import ProxyHeaderError, parse_proxy_header
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
-from smtp_tarpit.server.tarpit import stage_of
 from smtp_tarpit.server.trace import Trace, printable, protocol_name, trace_headers
 
 if TYPE_CHECKING:
@@ -56,9 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtp_tarpit.session")
 HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
 PROXY_HEADER_TIMEOUT = 10.0  # seconds a balancer has to send its PROXY header (it sends it at once)
-
-
-_LABELS = {"Answer": "protocol", "AuthCredentials": "auth", "StartTls": "starttls", "Helo": "helo"}
 
 
 def _detail(exc: Exception) -> str:
@@ -286,9 +282,9 @@ class Session(asyncio.Protocol):
                     self.transport.resume_reading()
                 return
             self.commands += 1
-            name = type(event).__name__
-            self.stage = stage_of(name, self.conn.in_data)
-            self.label = _LABELS.get(name, name.lower())
+            # Which client wait this reply ends (for the policy's caps) and its metrics label.
+            stage, self.label = _KINDS[type(event)]
+            self.stage = Stage.MESSAGE if self.conn.in_data else stage
             try:
                 reply = _HANDLERS[type(event)](self, event)
             except Exception:  # a bug of ours: log it, tell the client to retry, show it nothing
@@ -605,4 +601,20 @@ _HANDLERS: dict[type, Callable[[Session, Event], Reply | None]] = {
     StartTls: Session._on_starttls,
     AuthCredentials: Session._on_auth,
     Answer: Session._on_answer,
+}
+
+_KINDS: dict[type, tuple[Stage, str]] = {
+    Helo: (Stage.COMMAND, "helo"),
+    Mail: (Stage.COMMAND, "mail"),
+    Rcpt: (Stage.RCPT, "rcpt"),
+    Data: (Stage.DATA, "data"),
+    Message: (Stage.MESSAGE, "message"),
+    Rset: (Stage.COMMAND, "rset"),
+    Noop: (Stage.COMMAND, "noop"),
+    Vrfy: (Stage.COMMAND, "vrfy"),
+    Help: (Stage.COMMAND, "help"),
+    Quit: (Stage.QUIT, "quit"),
+    StartTls: (Stage.COMMAND, "starttls"),
+    AuthCredentials: (Stage.COMMAND, "auth"),
+    Answer: (Stage.COMMAND, "protocol"),
 }

@@ -27,7 +27,6 @@ from smtp_tarpit.policy.decisions import (
     Pass,
     Replace,
     SessionFacts,
-    Stage,
 )
 from smtp_tarpit.policy.engine import decide
 from smtp_tarpit.policy.reputation import (
@@ -107,7 +106,7 @@ class Tarpit:
         self, keys: ClientKeys | None, facts: SessionFacts, reply: Reply
     ) -> tuple[Reply, Pass | Delay | Disconnect]:
         decision = decide(self.view(keys), facts, reply, self.now(), self.settings)
-        kind = type(decision).__name__.lower()
+        kind = _KINDS[type(decision)]
         self.decisions[kind] = self.decisions.get(kind, 0) + 1
         if self.settings.watch and decision is not PASS:
             log.info("watch: would %s for %s: %s", _describe(decision), facts.client, reply.code)
@@ -122,6 +121,9 @@ class Tarpit:
         return reply, decision
 
 
+_KINDS: dict[type, str] = {Pass: "pass", Delay: "delay", Replace: "replace", Disconnect: "disconnect"}
+
+
 def _describe(decision: Decision) -> str:
     if isinstance(decision, Delay):
         return f"delay {decision.seconds:.1f}s"
@@ -130,13 +132,3 @@ def _describe(decision: Decision) -> str:
     if isinstance(decision, Disconnect):
         return "disconnect with 421"
     return "pass"
-
-
-def stage_of(event_name: str, in_data: bool) -> Stage:
-    """The stage a reply ends, from the event it answers (by type name) and whether DATA text was read."""
-    if in_data:
-        return Stage.MESSAGE
-    return _STAGES.get(event_name, Stage.COMMAND)
-
-
-_STAGES = {"Rcpt": Stage.RCPT, "Data": Stage.DATA, "Message": Stage.MESSAGE, "Quit": Stage.QUIT}
