@@ -195,7 +195,7 @@ class Server:
             await self.runtime.verifier.close()
         if self.admin is not None:
             self.admin.close()
-            self.runtime.config.admin.socket.unlink(missing_ok=True)
+            self.bound_config.admin.socket.unlink(missing_ok=True)  # the path we bound, even after a reload
 
     def _cut(self, session: Session) -> None:
         if session.transport is None:
