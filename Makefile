@@ -24,7 +24,7 @@ run: $(STAMP)
 # postfix (a real downstream MTA, and smtp-sink / smtp-source) is installed without its questions and
 # without starting the system instance: tests run private instances with their own config directories.
 SYSTEM_TOOLS := swaks:swaks fail2ban-regex:fail2ban chromium:chromium chromedriver:chromium-driver \
-	smtp-sink:postfix
+	smtp-sink:postfix redis-server:redis-server haproxy:haproxy
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \

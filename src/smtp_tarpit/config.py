@@ -205,8 +205,19 @@ class HarvestConfig(Section):
     delay: Seconds = Field(default=30.0, ge=0, le=240)
 
 
+_STORE_SCHEMES = ("memory", "sqlite://", "redis://", "rediss://", "unix://")
+
+
 class ReputationConfig(Section):
-    store: Literal["memory"] = "memory"
+    store: str = "memory"
+    store_timeout: Seconds = Field(default=0.25, ge=0.01, le=5)
+    store_retry_after: Seconds = Field(default=5.0, ge=0.1, le=3600)
+    snapshot: Path | None = None
+    snapshot_interval: Seconds = Field(default=0.0, ge=0, le=86400)
+    redis_sentinels: list[str] = []
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1, max_length=200)
+    redis_cluster: bool = False
+    redis_key_prefix: str = Field(default="smtp-tarpit:", max_length=100, pattern=r"^[A-Za-z0-9_.:-]*$")
     half_life: Seconds = Field(default=0.0, ge=0, le=365 * 86400)
     prefix_v4: int = Field(default=24, ge=8, le=32)
     prefix_v6: int = Field(default=64, ge=16, le=128)
@@ -220,6 +231,39 @@ class ReputationConfig(Section):
     @classmethod
     def _zones(cls, zones: list[str]) -> list[str]:
         return _zone_names(zones)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, store: str) -> str:
+        if store == "memory" or (store.startswith(_STORE_SCHEMES[1:]) and store.partition("://")[2]):
+            return store
+        raise ValueError(
+            'expected "memory", "sqlite:///path/state.db", "redis://host:port/db", "rediss://..." or '
+            '"unix:///path/redis.sock"'
+        )
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, sentinels: list[str]) -> list[str]:
+        for sentinel in sentinels:
+            _listen(sentinel)  # raises ValueError naming the expected form
+        return sentinels
+
+    @model_validator(mode="after")
+    def _redis_only(self) -> ReputationConfig:
+        redis = self.store.startswith(("redis://", "rediss://", "unix://"))
+        if (self.redis_sentinels or self.redis_cluster) and not redis:
+            raise ValueError("redis_sentinels and redis_cluster need a redis:// store")
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("redis_sentinels and redis_cluster cannot be used together")
+        if self.snapshot is not None and self.store != "memory":
+            raise ValueError("snapshot is for the memory store (sqlite and redis keep their own state)")
+        return self
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file of a ``sqlite://`` store (``sqlite:///var/lib/x.db`` is /var/lib/x.db)."""
+        return Path(self.store.removeprefix("sqlite://")) if self.store.startswith("sqlite://") else None
 
 
 class DnsConfig(Section):
@@ -305,6 +349,7 @@ _PATH_KEYS = (
     ("auth", "users_file"),
     ("admin", "socket"),
     ("delivery", "relay_ca_file"),
+    ("reputation", "snapshot"),
 )
 
 
@@ -374,4 +419,8 @@ def _resolve_paths(config: Config, path: Path) -> Config:
         value = getattr(current, key)
         if value is not None and not value.is_absolute():
             updates[section] = current.model_copy(update={key: base / value})
+    reputation = updates.get("reputation", config.reputation)
+    database = reputation.sqlite_path
+    if database is not None and not database.is_absolute():
+        updates["reputation"] = reputation.model_copy(update={"store": f"sqlite://{base / database}"})
     return config.model_copy(update={**updates, "source": path})

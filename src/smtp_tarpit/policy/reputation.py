@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 from dataclasses import dataclass, replace
 
 from smtp_tarpit.policy.decisions import IPAddress
@@ -50,8 +51,20 @@ class ClientState:
         return self.flagged_until > now
 
     def idle(self, now: float, settings: PolicySettings) -> bool:
-        recent = any(now - t < settings.harvest_window for t in self.unknowns)
-        return self.score_at(now, settings.half_life) < FORGET_BELOW and not self.flagged(now) and not recent
+        return now >= self.expires_at(settings)
+
+    def expires_at(self, settings: PolicySettings) -> float:
+        """When this state stops mattering: its flag is over, its unknown recipients are out of the window
+        and its score has decayed below ``FORGET_BELOW``. Stores expire keys at this time on their own.
+
+        With reputation off (half_life 0) the score is never read, so it keeps nothing alive.
+        """
+        until = self.flagged_until
+        if self.unknowns:
+            until = max(until, max(self.unknowns) + settings.harvest_window)
+        if settings.half_life > 0 and self.score >= FORGET_BELOW:
+            until = max(until, self.at + settings.half_life * math.log2(self.score / FORGET_BELOW))
+        return until
 
     def count(self, observation: Observation) -> int:
         return dict(self.counts).get(observation.value, 0)

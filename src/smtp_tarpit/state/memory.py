@@ -10,11 +10,13 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from smtp_tarpit.policy.reputation import EMPTY, ClientState
 from smtp_tarpit.policy.settings import PolicySettings
+from smtp_tarpit.state.base import Change, check_key
 
 
 class MemoryStore:
@@ -56,3 +58,52 @@ class MemoryStore:
         for key in idle:
             del self._states[key]
         return len(idle)
+
+    def put(self, key: str, state: ClientState, now: float) -> None:
+        """Replace a key's state as it is (a state read from a shared store)."""
+        self.update(key, lambda _old: state, now)
+
+
+class MemoryClientStore:
+    """The ``ClientStore`` interface (state/base.py) over a ``MemoryStore``: what ``store = "memory"`` means
+    when the interface is asked for (the contract suite; a server with no shared store uses its local
+    ``MemoryStore`` directly and never goes through here)."""
+
+    def __init__(self, settings: PolicySettings, max_entries: int = 100_000) -> None:
+        self.memory = MemoryStore(settings, max_entries)
+
+    @property
+    def settings(self) -> PolicySettings:
+        return self.memory.settings
+
+    @settings.setter
+    def settings(self, settings: PolicySettings) -> None:
+        self.memory.settings = settings
+
+    async def load(self, keys: Sequence[str], now: float) -> dict[str, ClientState]:
+        found = {}
+        for key in keys:
+            state = self.memory.get(check_key(key))
+            if state is not EMPTY and not state.idle(now, self.settings):
+                found[key] = state
+        return found
+
+    async def apply(self, key: str, change: Change, now: float) -> ClientState:
+        return self.memory.update(check_key(key), change, now)
+
+    async def put(self, states: Mapping[str, ClientState], now: float) -> None:
+        for key, state in states.items():
+            self.memory.put(check_key(key), state, now)
+
+    async def forget(self, key: str) -> bool:
+        return self.memory.forget(check_key(key))
+
+    async def scan(self, now: float, limit: int) -> list[tuple[str, ClientState]]:
+        live = ((key, state) for key, state in self.memory.items() if not state.idle(now, self.settings))
+        return list(itertools.islice(live, limit))
+
+    async def purge(self, now: float) -> int:
+        return self.memory.purge(now)
+
+    async def close(self) -> None:
+        return None
