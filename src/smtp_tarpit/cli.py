@@ -144,14 +144,19 @@ def _setup_logging(config: Config) -> None:
 
 
 def _raise_fd_limit() -> None:
+    """Each session is a descriptor: take all the kernel allows this process (its hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = soft
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
-        except (ValueError, OSError):
-            pass
-    log.info("file descriptor limit: %d", soft)
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file descriptor limit from %d to %d: %s", soft, hard, exc)
+    if soft != before:
+        log.info("file descriptor limit raised from %d to the hard limit %d", before, soft)
+    else:
+        log.info("file descriptor limit: %d (the hard limit is %d)", soft, hard)
 
 
 def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -177,6 +182,12 @@ async def _run(built: runtime_module.Runtime) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.start()
+    configured = built.config.limits.max_connections
+    log.info(
+        "connection limit: %d%s",
+        server.max_connections,
+        "" if configured else " ([limits] max_connections = 0: the descriptor limit less a reserve)",
+    )
     # Everything built so far lives as long as the process: keep it out of the collector's generations, so
     # full collections with thousands of held sessions stay short (they delay every timer while they run).
     gc.collect()

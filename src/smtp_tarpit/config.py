@@ -128,9 +128,12 @@ class LimitsConfig(Section):
     message_size: Octets = Field(default=10 * 1024 * 1024, ge=1024, le=2**31)
     recipients_per_message: int = Field(default=100, ge=1, le=100_000)
     idle_timeout: Seconds = Field(default=300.0, ge=1, le=3600)
-    max_connections: int = Field(default=20_000, ge=1, le=1_000_000)
+    max_connections: int = Field(default=0, ge=0, le=1_000_000)  # 0: the descriptor limit less a reserve
     connections_per_client: int = Field(default=50, ge=1, le=1_000_000)
     max_tarpitted: int = Field(default=10_000, ge=1, le=1_000_000)
+    overload: Literal["auto", "on", "off"] = "auto"
+    overload_idle_timeout: Seconds = Field(default=10.0, ge=1, le=3600)
+    overload_hard_error_limit: int = Field(default=1, ge=1, le=100_000)
 
 
 class RecipientsConfig(Section):
@@ -198,7 +201,7 @@ class TarpitConfig(Section):
 
 
 class HarvestConfig(Section):
-    threshold: int = Field(default=0, ge=0, le=100_000)
+    threshold: int = Field(default=0, ge=0, le=1000)
     window: Seconds = Field(default=3600.0, ge=1, le=30 * 86400)
     hold_for: Seconds = Field(default=3600.0, ge=1, le=30 * 86400)
     action: Literal["tempfail", "accept-then-defer"] = "tempfail"
@@ -420,6 +423,7 @@ def _resolve_paths(config: Config, path: Path) -> Config:
         if value is not None and not value.is_absolute():
             updates[section] = current.model_copy(update={key: base / value})
     reputation = updates.get("reputation", config.reputation)
+    assert isinstance(reputation, ReputationConfig)
     database = reputation.sqlite_path
     if database is not None and not database.is_absolute():
         updates["reputation"] = reputation.model_copy(update={"store": f"sqlite://{base / database}"})

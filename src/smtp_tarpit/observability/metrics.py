@@ -53,7 +53,6 @@ class Stats:
     replies: dict[tuple[str, ...], int] = field(default_factory=dict)  # (class, command) -> count
     messages: dict[str, int] = field(default_factory=dict)  # accepted / deferred
     caps_hit: dict[str, int] = field(default_factory=dict)
-    store_errors: int = 0
     day: str = ""
     delayed_today: float = 0.0
     hangups: Histogram = field(default_factory=lambda: Histogram(HANGUP_BUCKETS))
@@ -88,6 +87,9 @@ class Live:
     harvest_flags: Callable[[], int]
     clients_known: Callable[[], int]
     lookups: Callable[[], dict[tuple[str, ...], int]]  # (subsystem, outcome) -> count: DNS, verification
+    store_errors: Callable[[], int]
+    store_up: Callable[[], bool]
+    overloaded: Callable[[], bool]
 
 
 class ServerCollector(Collector):
@@ -111,7 +113,10 @@ class ServerCollector(Collector):
         messages: dict[tuple[str, ...], int] = {(result,): n for result, n in s.messages.items()}
         yield _labelled("messages", "Messages, by result (accepted, deferred)", ["result"], messages)
         yield s.delivery.family(f"{PREFIX}delivery_seconds", "Time to store a message durably")
-        yield _counter("store_errors", "Client store operations that failed", s.store_errors)
+        yield _counter("store_errors", "Shared client store operations that failed", live.store_errors())
+        up = float(live.store_up())
+        yield _gauge("store_up", "1 while the shared client store answers (or none is used)", up)
+        yield _gauge("overload", "1 while overload (stress) mode is on", float(live.overloaded()))
         caps: dict[tuple[str, ...], int] = {(cap,): n for cap, n in s.caps_hit.items()}
         yield _labelled("caps_hit", "Times a cap bit, by cap", ["cap"], caps)
         yield _gauge("clients_known", "Client records held", live.clients_known())

@@ -23,6 +23,7 @@ from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.policy.settings import PolicySettings
 
 FORGET_BELOW = 0.01
+MAX_UNKNOWNS = 1000  # times of unknown recipients kept per key (the harvest threshold is at most this)
 
 
 class Observation(enum.Enum):
@@ -127,6 +128,25 @@ def _count_unknown(
     if len(unknowns) >= needed:
         flagged_until = max(flagged_until, now + settings.harvest_hold_for)
     return unknowns, flagged_until
+
+
+def merge(a: ClientState, b: ClientState, now: float, settings: PolicySettings) -> ClientState:
+    """Two versions of one key's state as one: the worse of each part (score at ``now``, flag), the
+    union of recent unknown recipients, the larger of each count. Used when a host kept observing on its
+    own while the shared store was away: nothing either side saw is lost, nothing is counted twice.
+    Commutative and idempotent."""
+    window = settings.harvest_window
+    unknowns = tuple(sorted({t for t in (*a.unknowns, *b.unknowns) if now - t < window}))
+    counts = dict(a.counts)
+    for name, count in b.counts:
+        counts[name] = max(counts.get(name, 0), count)
+    return ClientState(
+        score=max(a.score_at(now, settings.half_life), b.score_at(now, settings.half_life)),
+        at=now,
+        unknowns=unknowns[-MAX_UNKNOWNS:],
+        flagged_until=max(a.flagged_until, b.flagged_until),
+        counts=tuple(sorted(counts.items())),
+    )
 
 
 # --- keys -----------------------------------------------------------------------------------------------

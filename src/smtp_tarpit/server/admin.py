@@ -75,7 +75,7 @@ def _remove_stale(path: Path) -> None:
 async def _serve(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         line = await asyncio.wait_for(reader.readline(), timeout=5)
-        answer = handle(server, line[:MAX_REQUEST])
+        answer = await handle(server, line[:MAX_REQUEST])
         writer.write(json.dumps(answer).encode() + b"\n")
         await writer.drain()
     except (TimeoutError, ConnectionError):
@@ -86,7 +86,7 @@ async def _serve(server: Server, reader: asyncio.StreamReader, writer: asyncio.S
             await writer.wait_closed()
 
 
-def handle(server: Server, line: bytes) -> dict[str, Any]:
+async def handle(server: Server, line: bytes) -> dict[str, Any]:
     try:
         request = json.loads(line)
         command, client = request["command"], ipaddress.ip_address(request["client"])
@@ -96,10 +96,11 @@ def handle(server: Server, line: bytes) -> dict[str, Any]:
     keys = tarpit.keys(client)
     assert keys is not None
     if command == "forget":
-        forgotten = [key for key in (keys.exact, keys.prefix) if tarpit.store.forget(key)]
+        forgotten = await tarpit.forget(keys)
         log.info("admin: forgot %s (%s)", client, ", ".join(forgotten) or "nothing was known")
         return {"ok": True, "client": str(client), "forgotten": forgotten}
     if command == "show":
+        await tarpit.refresh(keys)  # what every host knows, when a shared store answers
         now = tarpit.now()
         records = {key: describe(tarpit.store.get(key), now, tarpit) for key in (keys.exact, keys.prefix)}
         view = tarpit.view(keys)

@@ -48,6 +48,9 @@ async def start(server: Server, listen: str) -> web.AppRunner:
         harvest_flags=lambda: server.tarpit.flags,
         clients_known=lambda: len(server.tarpit.store),
         lookups=lambda: _lookups(server),
+        store_errors=lambda: 0 if server.tarpit.guard is None else server.tarpit.guard.errors,
+        store_up=lambda: server.tarpit.guard is None or server.tarpit.guard.up,
+        overloaded=lambda: server.overloaded,
     )
     app["registry"] = registry(server.stats, live)
     app.router.add_get("/metrics", _metrics)
@@ -80,6 +83,10 @@ def _lookups(server: Server) -> dict[tuple[str, ...], int]:
             ("verify", "failed"): verifier.failures,
         }
     counts[("store", "evicted")] = server.tarpit.store.evictions
+    guard = server.tarpit.guard
+    if guard is not None:
+        counts[("store", "failed")] = guard.errors
+        counts[("store", "skipped")] = guard.skipped
     return counts
 
 
@@ -128,7 +135,7 @@ async def _forget(request: web.Request) -> web.Response:
         return web.json_response({"ok": False, "error": "client must be an IP address"}, status=400)
     keys = server.tarpit.keys(client)
     assert keys is not None
-    forgotten = [key for key in (keys.exact, keys.prefix) if server.tarpit.store.forget(key)]
+    forgotten = await server.tarpit.forget(keys)
     log.info(
         "admin: forgot %s (%s) from the status page", client, ", ".join(forgotten) or "nothing was known"
     )

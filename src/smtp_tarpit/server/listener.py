@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import os
+import resource
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -32,6 +33,18 @@ from smtp_tarpit.state.memory import MemoryStore
 
 log = logging.getLogger("smtp_tarpit.server")
 PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
+OVERLOAD_ON, OVERLOAD_OFF = 0.9, 0.8  # of the connection limit
+
+
+def connection_limit(configured: int) -> int:
+    """``[limits] max_connections``, or for 0 the descriptor limit less a reserve (a tenth, at most 1000)
+    for message files, DNS sockets, downstream connections and the listeners themselves."""
+    if configured:
+        return configured
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1_000_000
+    return max(soft - min(1000, max(32, soft // 10)), 1)
 
 
 def split_listen(text: str) -> tuple[str, int]:
@@ -48,6 +61,9 @@ class Server:
         self.tarpit = Tarpit(runtime, MemoryStore(runtime.settings, runtime.config.reputation.max_entries))
         self.tarpit.stats = self.stats
         self.sessions: set[Session] = set()
+        self.max_connections = connection_limit(runtime.config.limits.max_connections)
+        self.overloaded = runtime.config.limits.overload == "on"
+        self.tarpit.overloaded = self.overloaded
         self.per_client: dict[IPAddress | None, int] = {}
         self._purger: asyncio.TimerHandle | None = None
         self.admin: asyncio.Server | None = None
@@ -90,7 +106,7 @@ class Server:
             refusal, reason = replies.SHUTTING_DOWN, "shutting_down"
         elif not self.runtime.deliverer.available:
             refusal, reason = replies.SERVICE_UNAVAILABLE, "downstream_unavailable"
-        elif len(self.sessions) >= limits.max_connections:
+        elif len(self.sessions) >= self.max_connections:
             refusal, reason = replies.TOO_MANY_CONNECTIONS, "max_connections"
         elif self.per_client.get(session.client, 0) >= limits.connections_per_client:
             refusal, reason = replies.TOO_MANY_CONNECTIONS, "connections_per_client"
@@ -101,6 +117,7 @@ class Server:
         self.stats.sessions += 1
         self.sessions.add(session)
         self.per_client[session.client] = self.per_client.get(session.client, 0) + 1
+        self._check_load()
         return None
 
     def forget(self, session: Session) -> None:
@@ -111,6 +128,38 @@ class Server:
                 self.per_client[session.client] = left
             else:
                 self.per_client.pop(session.client, None)
+            self._check_load()
+
+    @property
+    def idle_timeout(self) -> float:
+        limits = self.runtime.config.limits
+        if self.overloaded:
+            return min(limits.overload_idle_timeout, limits.idle_timeout)
+        return limits.idle_timeout
+
+    def _check_load(self) -> None:
+        """Overload (Postfix's stress mode) on above 90% of the connection limit, off below 80%."""
+        limits = self.runtime.config.limits
+        if limits.overload != "auto":
+            overloaded = limits.overload == "on"
+        elif self.overloaded:
+            overloaded = len(self.sessions) >= OVERLOAD_OFF * self.max_connections
+        else:
+            overloaded = len(self.sessions) >= OVERLOAD_ON * self.max_connections
+        if overloaded == self.overloaded:
+            return
+        self.overloaded = self.tarpit.overloaded = overloaded
+        if overloaded:
+            self.stats.cap("overload")
+            log.warning(
+                "overload: %d of %d connections: new sessions get idle timeout %gs and 421 at %d errors",
+                len(self.sessions),
+                self.max_connections,
+                self.idle_timeout,
+                limits.overload_hard_error_limit,
+            )
+        else:
+            log.warning("overload over: %d of %d connections", len(self.sessions), self.max_connections)
 
     def _purge(self) -> None:
         dropped = self.tarpit.store.purge(self.tarpit.now())
@@ -157,6 +206,8 @@ class Server:
             log.warning("reload: %s changed: takes effect after a restart", ", ".join(fixed))
         self.runtime = runtime
         self.executor.max_held = new.limits.max_tarpitted
+        self.max_connections = connection_limit(new.limits.max_connections)
+        self._check_load()
         self.tarpit.configure(runtime)
         self.tarpit.store.max_entries = new.reputation.max_entries
         directory = runtime.directory

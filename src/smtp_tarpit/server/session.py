@@ -194,16 +194,21 @@ class Session(asyncio.Protocol):
             self.outcome = "refused"
             self.server.executor.cut(self, refusal)
             return
-        self._arm_idle(runtime.config.limits.idle_timeout)
-        if runtime.dns is not None and not self.exempt:
-            self.busy = True  # greeted once the DNS checks are in (each bounded by [dns] timeout)
+        self._arm_idle(self.server.idle_timeout)
+        if (runtime.dns is not None or self.server.tarpit.shared is not None) and not self.exempt:
+            # Greeted once the DNS checks (each bounded by [dns] timeout) and the client's records from the
+            # shared store (bounded by [reputation] store_timeout) are in: its first RCPT is judged by what
+            # every host knows.
+            self.busy = True
             self.server.spawn(self._classify())
         else:
             self._greet()
 
     async def _classify(self) -> None:
         assert self.client is not None
-        verdict = await self.server.classify(self.client)
+        verdict, _ = await asyncio.gather(
+            self.server.classify(self.client), self.server.tarpit.refresh(self.keys)
+        )
         self.hostname, self.listed = verdict.hostname, verdict.listed
         self.exempt = self.exempt or verdict.exempt
         if self.transport is None or self.conn.closed:
@@ -367,7 +372,7 @@ class Session(asyncio.Protocol):
         self.idle = self.server.loop.call_later(delay, self._idle_check)
 
     def _idle_check(self) -> None:
-        timeout = self.server.runtime.config.limits.idle_timeout
+        timeout = self.server.idle_timeout
         if self.transport is None:
             return
         if self.busy:  # our own delay or work: the client is not idle
