@@ -10,12 +10,13 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import resource
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from smtp_tarpit.config import ConfigError, load
@@ -29,7 +30,9 @@ from smtp_tarpit.server.executor import Executor
 from smtp_tarpit.server.runtime import Runtime, build
 from smtp_tarpit.server.session import Session
 from smtp_tarpit.server.tarpit import Tarpit
+from smtp_tarpit.state import snapshot
 from smtp_tarpit.state.memory import MemoryStore
+from smtp_tarpit.state.open import open_store
 
 log = logging.getLogger("smtp_tarpit.server")
 PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
@@ -58,7 +61,13 @@ class Server:
         self.loop = loop
         self.stats = Stats()
         self.executor = Executor(loop, runtime.config.limits.max_tarpitted, self.stats)
-        self.tarpit = Tarpit(runtime, MemoryStore(runtime.settings, runtime.config.reputation.max_entries))
+        reputation = runtime.config.reputation
+        memory = MemoryStore(runtime.settings, reputation.max_entries)
+        try:
+            shared = open_store(reputation, runtime.settings)
+        except ValueError as exc:
+            raise ConfigError(f"{runtime.config.source or 'built-in defaults'}: {exc}") from None
+        self.tarpit = Tarpit(runtime, memory, shared)
         self.tarpit.stats = self.stats
         self.sessions: set[Session] = set()
         self.max_connections = connection_limit(runtime.config.limits.max_connections)
@@ -66,6 +75,7 @@ class Server:
         self.tarpit.overloaded = self.overloaded
         self.per_client: dict[IPAddress | None, int] = {}
         self._purger: asyncio.TimerHandle | None = None
+        self._snapshot_at = loop.time()
         self.admin: asyncio.Server | None = None
         self.http: Any = None  # aiohttp's AppRunner when [admin] listen is set
         self.started = loop.time()
@@ -90,6 +100,7 @@ class Server:
                 bound.append((address[0], address[1]))
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
+        await self._restore_snapshot()
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
         if self.runtime.config.admin.listen:
             # aiohttp costs ~10 MB of RSS: imported only when the listener is on.
@@ -162,10 +173,45 @@ class Server:
             log.warning("overload over: %d of %d connections", len(self.sessions), self.max_connections)
 
     def _purge(self) -> None:
-        dropped = self.tarpit.store.purge(self.tarpit.now())
+        now = self.tarpit.now()
+        dropped = self.tarpit.store.purge(now)
         if dropped:
             log.debug("forgot %d idle client records", dropped)
-        self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
+        shared, guard = self.tarpit.shared, self.tarpit.guard
+        if shared is not None and guard is not None:
+            self.spawn(self._call_store(guard.call("purge", functools.partial(shared.purge, now))))
+        interval = self.runtime.config.reputation.snapshot_interval
+        if interval and self.loop.time() - self._snapshot_at >= interval:
+            self.spawn(self._save_snapshot())
+        self._purger = self.loop.call_later(min(PURGE_EVERY, interval or PURGE_EVERY), self._purge)
+
+    @staticmethod
+    async def _call_store(call: Awaitable[object]) -> None:
+        await call  # the guard logs and counts failures
+
+    async def _restore_snapshot(self) -> None:
+        path = self.runtime.config.reputation.snapshot
+        self._snapshot_at = self.loop.time()
+        if path is None:
+            return
+        try:
+            count = await snapshot.restore(path, self.tarpit.store, self.tarpit.settings, self.tarpit.now())
+        except Exception as exc:  # a bad snapshot must not keep mail out
+            log.error("could not read the snapshot %s, starting with no client records: %s", path, exc)
+            return
+        log.info("restored %d client records from %s", count, path)
+
+    async def _save_snapshot(self) -> None:
+        path = self.runtime.config.reputation.snapshot
+        self._snapshot_at = self.loop.time()
+        if path is None:
+            return
+        try:
+            count = await snapshot.save(path, self.tarpit.store, self.tarpit.settings, self.tarpit.now())
+        except Exception as exc:  # logged; the running server keeps its records
+            log.error("could not write the snapshot %s: %s", path, exc)
+            return
+        log.info("saved %d client records to %s", count, path)
 
     def new_message_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):06X}"
@@ -244,6 +290,8 @@ class Server:
             await self.http.cleanup()
         if self.runtime.verifier is not None:
             await self.runtime.verifier.close()
+        await self._save_snapshot()
+        await self.tarpit.close()
         if self.admin is not None:
             self.admin.close()
             self.bound_config.admin.socket.unlink(missing_ok=True)  # the path we bound, even after a reload

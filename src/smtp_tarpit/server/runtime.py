@@ -56,6 +56,7 @@ def _where(config: Config) -> str:
 
 def build(config: Config) -> Runtime:
     _check_admin_socket(config)
+    _check_store(config)
     deliverer = _deliverer(config)
     limits = Limits(
         command_line=config.limits.command_line,
@@ -145,6 +146,15 @@ def _check_admin_socket(config: Config) -> None:
         )
     if path.parent.exists() and not path.parent.is_dir():
         raise ConfigError(f"{_where(config)}: [admin] socket: {path.parent} is not a directory")
+
+
+def _check_store(config: Config) -> None:
+    """A SQLite store or snapshot goes in an existing folder (a Redis store is checked by using it: an
+    unreachable Redis must not keep the server down, it only costs the shared view)."""
+    reputation = config.reputation
+    for key, path in (("store", reputation.sqlite_path), ("snapshot", reputation.snapshot)):
+        if path is not None and not path.parent.is_dir():
+            raise ConfigError(f"{_where(config)}: [reputation] {key}: {path.parent} is not a directory")
 
 
 def _dns(config: Config) -> DnsChecker | None:
