@@ -131,6 +131,10 @@ class LimitsConfig(Section):
     max_connections: int = Field(default=0, ge=0, le=1_000_000)  # 0: the descriptor limit less a reserve
     connections_per_client: int = Field(default=50, ge=1, le=1_000_000)
     max_tarpitted: int = Field(default=10_000, ge=1, le=1_000_000)
+    junk_commands: int = Field(default=100, ge=0, le=100_000)
+    command_timeout: Seconds = Field(default=60.0, ge=1, le=3600)
+    min_data_rate: int = Field(default=500, ge=0, le=100_000_000)
+    min_free_space: Octets = Field(default=100 * 1024 * 1024, ge=0, le=2**40)
     overload: Literal["auto", "on", "off"] = "auto"
     overload_idle_timeout: Seconds = Field(default=10.0, ge=1, le=3600)
     overload_hard_error_limit: int = Field(default=1, ge=1, le=100_000)

@@ -855,3 +855,30 @@ def test_every_reply_renders_to_crlf_terminated_lines_with_the_code_on_each() ->
         assert lines, name
         assert all(line[:3] == str(reply.code) for line in lines), name
         assert all(line[3] == "-" for line in lines[:-1]) and lines[-1][3] == " ", name
+
+
+# --- junk commands (Postfix's smtpd_junk_command_limit) --------------------------------------------------
+
+
+def test_the_command_after_the_junk_limit_gets_421_and_closes() -> None:
+    dialogue = greeted(Limits(junk_commands=5))
+    codes = dialogue.codes(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\nNOOP\r\n")
+    assert [code[:3] for code in codes] == ["250", "250", "252", "214", "250"]
+    assert dialogue.say(b"NOOP\r\nNOOP\r\n") == [
+        "421 4.7.0 Too many commands without mail, closing connection"
+    ]
+    assert dialogue.conn.closed
+
+
+def test_an_accepted_message_resets_the_junk_count() -> None:
+    dialogue = greeted(Limits(junk_commands=2))
+    for _ in range(3):  # a reused connection: RSET and NOOP between messages, forever
+        assert dialogue.codes(b"RSET\r\nNOOP\r\n" + TRANSACTION)[:2] == ["250 2.0.0", "250 2.0.0"]
+        assert dialogue.codes(b"Subject: hi\r\n\r\nhello\r\n.\r\n") == ["250 2.0.0"]
+        assert not dialogue.conn.closed
+    assert len(dialogue.messages) == 3
+
+
+def test_junk_limit_zero_means_no_limit() -> None:
+    dialogue = greeted(Limits(junk_commands=0))
+    assert set(dialogue.codes(b"NOOP\r\n" * 500)) == {"250 2.0.0"}

@@ -65,6 +65,7 @@ class Limits:
     message_size: int = 10 * 1024 * 1024
     recipients: int = 100
     reject_bare_newline: bool = False
+    junk_commands: int = 100  # NOOP, RSET, VRFY, HELP without a message accepted in between; 0 = no limit
 
 
 @dataclass(slots=True)
@@ -82,6 +83,7 @@ class SmtpConnection:
         "_buf",
         "_data_limits",
         "_discarding",
+        "_junk",
         "_oversize",
         "_pending",
         "_sasl_mechanism",
@@ -106,7 +108,9 @@ class SmtpConnection:
         self._buf = bytearray()
         self._scan = 0
         self._discarding = False
+        self._junk = 0
         self._oversize = False
+        self._junk = 0
         self._pending: Event | None = None
         self._after: State | None = None
         self._sasl_mechanism = ""
@@ -214,6 +218,13 @@ class SmtpConnection:
         if refusal is not None:
             problem = Problem.NOT_IMPLEMENTED if refusal is replies.NOT_IMPLEMENTED else Problem.SEQUENCE
             return Answer(refusal, problem)
+        if verb in _JUNK:
+            # Postfix's smtpd_junk_command_limit: a client that only keeps the line open with commands
+            # that carry no mail is closed. A message accepted resets the count (a busy reused connection
+            # sends RSET between messages).
+            self._junk += 1
+            if self.limits.junk_commands and self._junk > self.limits.junk_commands:
+                return Answer(replies.TOO_MUCH_JUNK, Problem.JUNK)
         self._after = after
         return _PARSERS[verb](self, argument.strip(" "))
 
@@ -413,6 +424,8 @@ class SmtpConnection:
 
     def _message_transition(self, event: Event, reply: Reply) -> None:
         self._after = None
+        if reply.code == 250:
+            self._junk = 0
         self._reset_transaction()
         self.state = State.READY
 
@@ -444,6 +457,8 @@ def _is_number(text: str) -> bool:
     # ASCII digits only: str.isdigit() also accepts "\u00b2", on which int() raises.
     return text.isascii() and text.isdigit() and len(text) <= 20
 
+
+_JUNK = frozenset((Verb.NOOP, Verb.RSET, Verb.VRFY, Verb.HELP))
 
 _PARSERS: dict[Verb, Callable[[SmtpConnection, str], Event]] = {
     Verb.HELO: SmtpConnection._parse_helo,

@@ -27,6 +27,7 @@ class Problem(enum.Enum):
     BARE_NEWLINE = "bare-newline"
     AUTH_PROTOCOL = "auth-protocol"
     CHALLENGE = "challenge"  # not an error: a SASL 334 step
+    JUNK = "junk"  # too many commands that carry no mail: 421
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,18 @@ import os
 import resource
 import time
 from collections.abc import Awaitable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from smtp_tarpit.config import ConfigError, load
+from smtp_tarpit.delivery.maildir import MaildirDeliverer
 from smtp_tarpit.observability.metrics import Stats
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.protocol import replies
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.admin import open_admin_socket
 from smtp_tarpit.server.classify import Verdict, classify
+from smtp_tarpit.server.deadlines import Timeouts
 from smtp_tarpit.server.executor import Executor
 from smtp_tarpit.server.runtime import Runtime, build
 from smtp_tarpit.server.session import Session
@@ -37,6 +40,16 @@ from smtp_tarpit.state.open import open_store
 log = logging.getLogger("smtp_tarpit.server")
 PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
 OVERLOAD_ON, OVERLOAD_OFF = 0.9, 0.8  # of the connection limit
+DISK_CHECK_EVERY = 5.0  # seconds between free-space checks of the Maildir's file system
+
+
+def _free_space(root: Path) -> int:
+    """Octets an unprivileged writer may still use where ``root`` is (or would be made)."""
+    path = root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
 
 
 def connection_limit(configured: int) -> int:
@@ -76,6 +89,8 @@ class Server:
         self.per_client: dict[IPAddress | None, int] = {}
         self._purger: asyncio.TimerHandle | None = None
         self._snapshot_at = loop.time()
+        self.disk_low = False  # MAIL gets 452 4.3.1 while the Maildir's file system is nearly full
+        self._disk_timer: asyncio.TimerHandle | None = None
         self.admin: asyncio.Server | None = None
         self.http: Any = None  # aiohttp's AppRunner when [admin] listen is set
         self.started = loop.time()
@@ -101,6 +116,7 @@ class Server:
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
         await self._restore_snapshot()
+        self._check_disk()
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
         if self.runtime.config.admin.listen:
             # aiohttp costs ~10 MB of RSS: imported only when the listener is on.
@@ -148,6 +164,11 @@ class Server:
             return min(limits.overload_idle_timeout, limits.idle_timeout)
         return limits.idle_timeout
 
+    @property
+    def timeouts(self) -> Timeouts:
+        limits = self.runtime.config.limits
+        return Timeouts(self.idle_timeout, limits.command_timeout, limits.min_data_rate)
+
     def _check_load(self) -> None:
         """Overload (Postfix's stress mode) on above 90% of the connection limit, off below 80%."""
         limits = self.runtime.config.limits
@@ -184,6 +205,33 @@ class Server:
         if interval and self.loop.time() - self._snapshot_at >= interval:
             self.spawn(self._save_snapshot())
         self._purger = self.loop.call_later(min(PURGE_EVERY, interval or PURGE_EVERY), self._purge)
+
+    def _check_disk(self) -> None:
+        self._disk_timer = self.loop.call_later(DISK_CHECK_EVERY, self._check_disk)
+        deliverer, minimum = self.runtime.deliverer, self.runtime.config.limits.min_free_space
+        if isinstance(deliverer, MaildirDeliverer) and minimum:
+            self.spawn(self._measure_disk(deliverer.root, minimum))
+        else:
+            self.disk_low = False
+
+    async def _measure_disk(self, root: Path, minimum: int) -> None:
+        try:
+            free = await asyncio.to_thread(_free_space, root)
+        except OSError as exc:
+            log.warning("cannot tell the free space of %s: %s", root, exc)
+            return
+        low = free < minimum
+        if low != self.disk_low:
+            self.disk_low = low
+            if low:
+                self.stats.cap("min_free_space")
+                log.error(
+                    "%s has %d MiB free, below [limits] min_free_space: MAIL gets 452 4.3.1 for now",
+                    root,
+                    free // 2**20,
+                )
+            else:
+                log.warning("%s has %d MiB free again: accepting mail", root, free // 2**20)
 
     @staticmethod
     async def _call_store(call: Awaitable[object]) -> None:
@@ -272,6 +320,8 @@ class Server:
         self.draining = True
         if self._purger is not None:
             self._purger.cancel()
+        if self._disk_timer is not None:
+            self._disk_timer.cancel()
         for listener in self.listeners:
             listener.close()
         for session in list(self.sessions):

@@ -64,6 +64,7 @@ def build(config: Config) -> Runtime:
         message_size=config.limits.message_size,
         recipients=config.limits.recipients_per_message,
         reject_bare_newline=config.server.bare_newline == "reject",
+        junk_commands=config.limits.junk_commands,
     )
     return Runtime(
         config=config,

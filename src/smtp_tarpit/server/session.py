@@ -46,6 +46,7 @@ from smtp_tarpit.protocol.events import (
 )
 from smtp_tarpit.protocol.proxy import ProxyHeaderError, parse_proxy_header
 from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.server.deadlines import Waiting, overdue
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
 from smtp_tarpit.server.trace import Trace, printable, protocol_name, trace_headers
 
@@ -84,8 +85,11 @@ class Session(asyncio.Protocol):
     __slots__ = (
         "busy",
         "client",
+        "command_since",
         "commands",
         "conn",
+        "data_octets",
+        "data_since",
         "delayed",
         "early_talker",
         "errors",
@@ -126,6 +130,8 @@ class Session(asyncio.Protocol):
         self.delayed = 0.0
         self.outcome = "disconnect"
         self.started = self.last_active = 0.0
+        self.command_since = self.data_since = 0.0  # deadlines (server/deadlines.py)
+        self.data_octets = 0
         self.client: IPAddress | None = None
         self.keys: ClientKeys | None = None
         self.exempt = self.early_talker = self.greeted = False
@@ -263,6 +269,8 @@ class Session(asyncio.Protocol):
             # returns, with the client's last handshake flight): that is kept and answered after it.
             return
         self.last_active = self.server.loop.time()
+        if self.data_since:
+            self.data_octets += len(data)
         if not self.greeted and not self.early_talker:
             self.early_talker = True
             self.session_score += self.server.tarpit.observe(self.keys, Observation.EARLY_TALK)
@@ -285,7 +293,11 @@ class Session(asyncio.Protocol):
                 if self.paused and self.transport is not None:
                     self.paused = False
                     self.transport.resume_reading()
+                if self.conn.buffered and not self.conn.in_data and not self.command_since:
+                    self.command_since = self.server.loop.time()  # a command line has begun
+                    self._check_by(self.command_since + self.server.runtime.config.limits.command_timeout)
                 return
+            self.command_since = 0.0
             self.commands += 1
             # Which client wait this reply ends (for the policy's caps) and its metrics label.
             stage, self.label = _KINDS[type(event)]
@@ -306,6 +318,10 @@ class Session(asyncio.Protocol):
             self.transaction.add(self.pending_mailbox)
         self.pending_mailbox = None
         wire = self.conn.send(reply)
+        if self.conn.in_data and not self.data_since:
+            self._data_begins()
+        elif self.data_since and not self.conn.in_data:
+            self.data_since, self.data_octets = 0.0, 0
         self.server.stats.reply(reply.code, self.label)
         if isinstance(how, Disconnect):
             self.outcome = "too-many-errors"
@@ -313,6 +329,10 @@ class Session(asyncio.Protocol):
             self._written()
         else:
             self.busy = True
+
+    def _data_begins(self) -> None:
+        self.data_since, self.data_octets = self.server.loop.time(), 0
+        self._check_by(self.data_since + self.server.runtime.config.limits.command_timeout)
 
     def _decide(self, proposed: Reply) -> tuple[Reply, Pass | Delay | Disconnect]:
         tarpit = self.server.tarpit
@@ -372,18 +392,26 @@ class Session(asyncio.Protocol):
         self.idle = self.server.loop.call_later(delay, self._idle_check)
 
     def _idle_check(self) -> None:
-        timeout = self.server.idle_timeout
         if self.transport is None:
             return
+        loop = self.server.loop
         if self.busy:  # our own delay or work: the client is not idle
-            self._arm_idle(timeout)
+            self._arm_idle(self.server.idle_timeout)
             return
-        silent = self.server.loop.time() - self.last_active
-        if silent < timeout:
-            self._arm_idle(timeout - silent)
+        waiting = Waiting(self.last_active, self.command_since, self.data_since, self.data_octets)
+        reply, when = overdue(loop.time(), waiting, self.server.timeouts)
+        if reply is None:
+            self.idle = loop.call_at(when, self._idle_check)
             return
-        self.outcome = "timeout"
-        self.server.executor.cut(self, replies.IDLE_TIMEOUT)
+        self.outcome = "timeout" if reply is replies.IDLE_TIMEOUT else "too-slow"
+        self.server.executor.cut(self, reply)
+
+    def _check_by(self, when: float) -> None:
+        """Make sure the deadline timer fires by ``when`` (a command or message data has begun)."""
+        if self.idle is None or self.idle.when() > when:
+            if self.idle is not None:
+                self.idle.cancel()
+            self.idle = self.server.loop.call_at(when, self._idle_check)
 
     # --- event handlers: each returns the reply, or None when the answer comes later ----------------------
 
@@ -396,6 +424,8 @@ class Session(asyncio.Protocol):
 
     def _on_mail(self, event: Event) -> Reply | None:
         assert isinstance(event, Mail)
+        if self.server.disk_low:
+            return replies.INSUFFICIENT_STORAGE
         self.transaction = Transaction(str(event.sender) if event.sender else "", event.smtputf8)
         return replies.SENDER_OK
 

@@ -1,0 +1,101 @@
+"""Per-session and server-wide limits on the wire: junk commands, slow commands, slow data, free disk,
+overload mode."""
+
+from __future__ import annotations
+
+import os
+import select
+import smtplib
+import socket
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from tests.e2e.helpers import RunningServer
+
+
+def _connect(server: RunningServer) -> tuple[socket.socket, BinaryIO]:
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"220 ")
+    return sock, reader
+
+
+def test_junk_commands_beyond_the_limit_close_the_session(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits={"junk_commands": 3})
+    sock, reader = _connect(server)
+    with sock, reader:
+        sock.sendall(b"EHLO c.test\r\n" + b"NOOP\r\n" * 4)
+        lines = reader.readlines()
+    assert [line[:3] for line in lines if line[3:4] == b" "] == [b"250"] * 4 + [b"421"]
+    assert lines[-1] == b"421 4.7.0 Too many commands without mail, closing connection\r\n"
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:  # the server is fine
+        assert smtp.sendmail("s@remote.test", ["alice@example.test"], b"Subject: x\r\n\r\nhi\r\n") == {}
+
+
+def test_a_command_sent_a_byte_at_a_time_is_cut_at_the_command_timeout(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits={"command_timeout": "1s"})
+    sock, reader = _connect(server)
+    started = time.monotonic()
+    with sock, reader:
+        for byte in b"EHLO slowloris.test":  # never silent for more than 0.2 s, never finished
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.2)
+        line = reader.readline()
+    assert line == b"421 4.4.2 Command not completed in time, closing connection\r\n"
+    assert 0.9 <= time.monotonic() - started < 4.5
+    server.wait_for_log(r"session end .*outcome=too-slow")
+
+
+def test_message_data_below_the_minimum_rate_is_cut(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits={"command_timeout": "1s", "min_data_rate": 1000})
+    sock, reader = _connect(server)
+    with sock, reader:
+        sock.sendall(b"HELO c.test\r\nMAIL FROM:<s@r.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        assert [reader.readline()[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+        started = time.monotonic()
+        closed = b""
+        for _ in range(40):  # 10 octets every 0.1 s: 100 octets/s, a tenth of the minimum
+            try:
+                sock.sendall(b"x" * 8 + b"\r\n")
+            except OSError:
+                break
+            if select.select([sock], [], [], 0.1)[0]:
+                closed = sock.recv(200)  # the 354 line was read whole: nothing else is buffered
+                break
+    assert closed == b"421 4.4.2 Message data too slow, closing connection\r\n"
+    assert 0.9 <= time.monotonic() - started < 3.5
+    assert server.messages() == []  # nothing half-received was delivered
+
+
+def test_mail_gets_452_while_the_maildir_disk_is_below_min_free_space(tmp_path: Path, make_server) -> None:  # type: ignore[no-untyped-def]
+    stat = os.statvfs(tmp_path)
+    free = stat.f_bavail * stat.f_frsize
+    if free > 1000 * 2**30:
+        pytest.skip("more than 1000 GiB free here: cannot ask for more than there is")
+    server = make_server(limits={"min_free_space": free + 2**30})
+    server.wait_for_log(r"MiB free, below \[limits\] min_free_space")
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        smtp.ehlo("c.test")
+        assert smtp.mail("s@remote.test") == (
+            452,
+            b"4.3.1 Insufficient system storage, please try again later",
+        )
+
+
+def test_overload_mode_on_shortens_timeouts_and_closes_at_the_first_error(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits={"overload": "on", "overload_idle_timeout": "1s"})
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        smtp.ehlo("c.test")
+        smtp.mail("s@remote.test")
+        assert smtp.rcpt("nobody@example.test")[0] == 421  # overload_hard_error_limit = 1
+    sock, reader = _connect(server)
+    with sock, reader:
+        started = time.monotonic()
+        assert reader.readline().startswith(b"421 4.4.2 Idle timeout")
+        assert time.monotonic() - started < 3.0
