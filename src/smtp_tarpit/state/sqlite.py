@@ -106,7 +106,8 @@ class SqliteStore:
         return await self._run(lambda db: self._scan(db, now, limit, settings))
 
     async def purge(self, now: float) -> int:
-        deleted = await self._run(lambda db: db.execute("DELETE FROM client_state WHERE expires <= ?", (now,)))
+        purge = "DELETE FROM client_state WHERE expires <= ?"
+        deleted = await self._run(lambda db: db.execute(purge, (now,)))
         return deleted.rowcount
 
     async def close(self) -> None:
@@ -142,7 +143,7 @@ class SqliteStore:
             chunk = keys[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))  # placeholders only: the keys themselves are bound
             rows = db.execute(
-                f"SELECT key, state FROM client_state WHERE key IN ({marks}) AND expires > ?",  # noqa: S608
+                f"SELECT key, state FROM client_state WHERE key IN ({marks}) AND expires > ?",
                 (*chunk, now),
             )
             found.update(self._live(rows, now, settings))
@@ -212,13 +213,13 @@ class SqliteStore:
         self, rows: Iterable[tuple[object, object]], now: float, settings: PolicySettings
     ) -> Iterable[tuple[str, ClientState]]:
         """The rows that hold a live state of a client key; anything else is skipped (and logged)."""
-        for key, data in rows:
+        for key, value in rows:
             try:
                 if not isinstance(key, str):
                     raise ValueError("key is not text")
                 check_key(key)
-                if isinstance(data, str):  # written by hand with the sqlite3 shell, say
-                    data = data.encode()
+                # Text, not a blob, if written by hand with the sqlite3 shell, say.
+                data = value.encode() if isinstance(value, str) else value
                 if not isinstance(data, bytes):
                     raise ValueError(f"state is {type(data).__name__}")
                 state = codec.decode(data, settings)

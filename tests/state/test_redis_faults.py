@@ -1,0 +1,149 @@
+"""A Redis store that cannot be reached, or hangs, costs one call at most one timeout and no retries; and
+once the server is back, the next call works. Real redis-server processes, stopped with SIGSTOP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+
+import pytest
+
+from smtp_tarpit.config import ReputationConfig
+from smtp_tarpit.policy.reputation import EMPTY, Observation, observe
+from smtp_tarpit.policy.settings import PolicySettings
+from smtp_tarpit.state.base import Change, StoreError
+from smtp_tarpit.state.open import open_store
+from smtp_tarpit.state.redis import RedisStore
+from tests.state.redis_server import (
+    HOST,
+    SERVICE,
+    RedisProcess,
+    free_port,
+    require_redis,
+    start_redis,
+    start_sentinel,
+)
+
+TIMEOUT = 0.25  # the config's default store_timeout
+SLACK = 0.2  # event loop, process scheduling and a 2-core machine under a test run
+SETTINGS = PolicySettings(half_life=600.0)
+KEY = "ip:192.0.2.7"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisProcess]:
+    require_redis()
+    process = start_redis(tmp_path)
+    yield process
+    process.stop()
+
+
+def store_at(url: str) -> RedisStore:
+    store = open_store(ReputationConfig(store=url, store_timeout=TIMEOUT), SETTINGS)
+    assert isinstance(store, RedisStore)
+    return store
+
+
+def error(now: float) -> Change:
+    return lambda state: observe(state, Observation.ERROR, now, SETTINGS)
+
+
+async def timed_failure(call: Awaitable[object]) -> float:
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        await call
+    return time.monotonic() - started
+
+
+def test_a_refused_connection_fails_at_once_without_retries() -> None:
+    url = f"redis://{HOST}:{free_port()}/0"  # nothing listens there
+
+    async def scenario() -> list[float]:
+        store = store_at(url)
+        now = time.time()
+        try:
+            return [
+                await timed_failure(store.apply(KEY, error(now), now)),
+                await timed_failure(store.load([KEY], now)),
+                await timed_failure(store.put({KEY: observe(EMPTY, Observation.ERROR, now, SETTINGS)}, now)),
+                await timed_failure(store.forget(KEY)),
+                await timed_failure(store.scan(now, 10)),
+            ]
+        finally:
+            await store.close()
+
+    # redis-py's default retry policy (3 retries, backoff from 1 s) would take seconds here.
+    assert max(asyncio.run(scenario())) < TIMEOUT
+
+
+def test_a_hung_server_fails_one_call_after_one_timeout_and_works_again_when_it_resumes(
+    server: RedisProcess,
+) -> None:
+    async def scenario() -> None:
+        store, fresh = store_at(server.url), store_at(server.url)
+        try:
+            now = time.time()
+            await store.apply(KEY, error(now), now)  # a pooled connection exists before the server hangs
+            server.pause()
+            try:
+                # On the open connection: the reply never comes.
+                elapsed = await timed_failure(store.apply(KEY, error(now), now))
+                assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+                elapsed = await timed_failure(store.load([KEY], now))
+                assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+                # A new connection: the kernel accepts it for the stopped server; the handshake times out.
+                elapsed = await timed_failure(fresh.load([KEY], now))
+                assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+            finally:
+                server.resume()
+            later = time.time()
+            state = await store.apply(KEY, error(later), later)
+            assert (
+                state.count(Observation.ERROR) >= 2
+            )  # the first apply and this one (the cut one may have landed)
+            assert (await fresh.load([KEY], later))[KEY] == state
+        finally:
+            await store.close()
+            await fresh.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_sentinel_master_fails_after_one_timeout(tmp_path: Path) -> None:
+    require_redis()
+    master = start_redis(tmp_path, name="master")
+    try:
+        sentinel = start_sentinel(tmp_path, master)
+    except BaseException:
+        master.stop()
+        raise
+    config = ReputationConfig(
+        store="redis://ignored/0",
+        store_timeout=TIMEOUT,
+        redis_sentinels=[f"{HOST}:{sentinel.port}"],
+        redis_sentinel_master=SERVICE,
+    )
+
+    async def scenario() -> None:
+        store = open_store(config, SETTINGS)
+        assert isinstance(store, RedisStore)
+        try:
+            now = time.time()
+            await store.apply(KEY, error(now), now)
+            master.pause()
+            try:
+                elapsed = await timed_failure(store.load([KEY], now))
+                assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+            finally:
+                master.resume()
+            assert (await store.load([KEY], time.time()))[KEY].count(Observation.ERROR) == 1
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sentinel.stop()
+        master.stop()
