@@ -9,7 +9,9 @@ Invariants:
   ``[0, max_score]``, finite times, at most ``MAX_UNKNOWNS`` unknown-recipient times).
 - ``decode`` either returns a state that keeps every invariant of ``ClientState`` (finite, non-negative
   times and score, score at most ``settings.max_score``, a bounded list of unknowns, counts only of known
-  observations) or raises ``ValueError``; never any other exception, whatever the bytes.
+  observations) or raises ``ValueError``; never any other exception, whatever the bytes. A score above
+  ``settings.max_score`` but within what any config allows is brought down to it, like ``observe`` does:
+  after a reload that lowers max_score, the worst clients must not be forgotten as "malformed".
 - A record is small: at most ``MAX_RECORD`` octets are ever parsed.
 """
 
@@ -19,13 +21,13 @@ import json
 import math
 from typing import Any
 
-from smtp_tarpit.policy.reputation import ClientState, Observation
+from smtp_tarpit.policy.reputation import MAX_UNKNOWNS, ClientState, Observation
 from smtp_tarpit.policy.settings import PolicySettings
 
 VERSION = 1
-# The harvest defence never needs more than this many unknown-recipient times per key; a record with more
-# was not written by us. Encoding keeps the most recent ones so what we write always reads back.
-MAX_UNKNOWNS = 1000
+# MAX_UNKNOWNS (the policy's bound on unknown-recipient times per key): a record with more was not written
+# by us. Encoding keeps the most recent ones so that what we write always reads back.
+MAX_SCORE = 10_000.0  # the largest [reputation] max_score the config accepts; above it is not ours
 # 1000 times of ~20 octets plus the rest; anything much larger is not ours and is refused before parsing.
 MAX_RECORD = 64 * 1024
 MAX_COUNT = 2**63 - 1  # fits a signed 64-bit integer wherever the record goes
@@ -60,10 +62,10 @@ def decode(data: bytes, settings: PolicySettings) -> ClientState:
     if type(record["v"]) is not int or record["v"] != VERSION:
         raise ValueError(f"unknown record version {record['v']!r}")
     score = _time(record["s"], "score")
-    if score > settings.max_score:
-        raise ValueError(f"score {score} above max_score {settings.max_score}")
+    if score > MAX_SCORE:
+        raise ValueError(f"score {score} above any max_score")
     return ClientState(
-        score=score,
+        score=min(score, settings.max_score),
         at=_time(record["a"], "at"),
         unknowns=_unknowns(record["u"]),
         flagged_until=_time(record["f"], "flagged_until"),
