@@ -46,9 +46,24 @@ def baseline_command(mode: str, host: str = "127.0.0.1") -> list[str]:
     return [sys.executable, str(BASELINE_SERVER), "--mode", mode, "--listen", f"{host}:0"]
 
 
-def write_tarpit_config(folder: Path, delay: float, recipients: list[str], max_connections: int) -> Path:
-    """The benchmark config: the brief's shape, a free port picked by the server (read from its log)."""
+def write_tarpit_config(
+    folder: Path,
+    delay: float,
+    recipients: list[str],
+    max_connections: int,
+    *,
+    connections_per_client: int | None = None,
+    max_tarpitted: int | None = None,
+    extra: str = "",
+) -> Path:
+    """The benchmark config: the brief's shape, a free port picked by the server (read from its log).
+
+    ``connections_per_client`` and ``max_tarpitted`` default to ``max_connections`` (the load comes from a
+    few loopback addresses, and every session is meant to be held); ``extra`` is appended as it is (more
+    TOML sections). Writing it again over the same file and sending SIGHUP reloads it."""
     (folder / "recipients.txt").write_text("".join(f"{r}\n" for r in recipients))
+    per_client = max_connections if connections_per_client is None else connections_per_client
+    tarpitted = max_connections if max_tarpitted is None else max_tarpitted
     config = folder / "smtp-tarpit.toml"
     config.write_text(
         "[server]\n"
@@ -63,11 +78,24 @@ def write_tarpit_config(folder: Path, delay: float, recipients: list[str], max_c
         f"delay = {delay:g}\n"
         "[limits]\n"
         f"max_connections = {max_connections}\n"
-        # The load comes from a few loopback addresses, and every session is meant to be held.
-        f"connections_per_client = {max_connections}\n"
-        f"max_tarpitted = {max_connections}\n"
+        f"connections_per_client = {per_client}\n"
+        f"max_tarpitted = {tarpitted}\n" + extra
     )
     return config
+
+
+def source_addresses(count: int, first_subnet: int) -> list[str]:
+    """``count`` loopback client addresses 127.0.S.1-127.0.S.250 for S = ``first_subnet``, then S + 1, ...
+    (all of 127.0.0.0/8 is loopback on Linux: no setup needed)."""
+    return [f"127.0.{first_subnet + i // 250}.{1 + i % 250}" for i in range(count)]
+
+
+def fd_count(pid: int) -> int | None:
+    """How many file descriptors ``pid`` has open (None if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 @dataclass
@@ -155,6 +183,17 @@ class ServerProcess:
                 self.kill()
         self.exit_code = self.process.returncode
         return self.exit_code
+
+    def reload(self, timeout: float = 10.0) -> bool:
+        """SIGHUP by PID; True once the log says ``reloaded`` once more than before (bounded wait)."""
+        before = self.log().count("reloaded ")
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count("reloaded ") > before:
+                return True
+            time.sleep(0.02)
+        return False
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

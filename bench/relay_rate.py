@@ -28,22 +28,17 @@ import datetime
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchlib import (
     BENCH,
-    CLOCK_TICKS,
-    REPO,
     ServerProcess,
     machine,
     smtp_tarpit_command,
@@ -52,50 +47,30 @@ from benchlib import (
     wait_until_quiet,
     write_json,
 )
-
-sys.path.insert(0, str(REPO))
-from tests.e2e.downstream import (  # needs the repository root on sys.path
+from postfixlib import (
+    POSTFIX,
+    SMTP_SOURCE,
+    files_in,
+    postfix_cpu_seconds,
+    postfix_version,
+    queued,
+    smtp_source,
+)
+from tests.e2e.downstream import (  # postfixlib put the repository root on sys.path
     PostfixInstance,
     _socket_inodes,
     free_port,
     start_postfix,
 )
 
-SMTP_SOURCE = Path("/usr/sbin/smtp-source")
-POSTFIX = Path("/usr/sbin/postfix")
-SENDER = "sender@bench.test"
 MAILBOX = {"direct": "alice@example.test", "relay": "bob@example.test"}
 TARGETS = ("direct", "relay")
-QUEUE_SUBDIRS = ("maildrop", "incoming", "active", "deferred", "hold")
 METRIC = re.compile(r"^(smtp_tarpit_\w+?)(?:_total)?\{([^}]*)\}\s+(\S+)$", re.M)
 TROUBLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|exception", re.I)
 POSTFIX_TROUBLE = re.compile(r"\b(warning|fatal|panic|error):")
 
 
 # --- processes ----------------------------------------------------------------------------------------------
-
-
-def proc_times(pid: int) -> tuple[float, float]:
-    """(utime + stime, cutime + cstime) of ``pid`` in seconds, from /proc/PID/stat; (0, 0) if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0, 0.0
-    own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    children = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
-    return own, children
-
-
-def postfix_cpu_seconds(postfix: PostfixInstance) -> float:
-    """CPU time of the whole Postfix instance so far: every live process of it (master, smtpd, cleanup, qmgr,
-    virtual, ...) plus what the master has reaped (smtpd exits after max_use connections; its time then
-    moves to the master's cutime/cstime)."""
-    total = 0.0
-    for pid in postfix.processes():
-        own, children = proc_times(pid)
-        total += own + (children if pid == postfix.master_pid else 0.0)
-    return total
 
 
 class TarpitProcess(ServerProcess):
@@ -187,80 +162,7 @@ def accepted_by_tarpit(counters: dict[str, float]) -> int:
     return int(counters.get('messages{result="accepted"}', 0))
 
 
-# --- the load -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SourceResult:
-    exit_code: int
-    elapsed: float
-    cpu_seconds: float
-    dots_sent: int
-    timed_out: bool
-    stderr: str
-
-
-def smtp_source(
-    port: int,
-    mailbox: str,
-    out: Path,
-    *,
-    messages: int,
-    sessions: int,
-    size: int,
-    reuse: bool,
-    timeout: float,
-) -> SourceResult:
-    """Run smtp-source once, bounded by ``timeout`` (then SIGKILL by PID). It exits 0 only if every message
-    got a 2xx after the final dot (any other reply is fatal to it). ``-c`` prints a counter of final dots
-    sent (not of 250s); the CPU time is the child's own, from wait4()."""
-    argv = [str(SMTP_SOURCE), "-c", "-s", str(sessions), "-m", str(messages), "-l", str(size)]
-    argv += [*(["-d"] if reuse else []), "-f", SENDER, "-t", mailbox, f"127.0.0.1:{port}"]
-    stdout_path, stderr_path = out.with_suffix(".out"), out.with_suffix(".err")
-    with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-        deadline = started + timeout
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() >= deadline:
-                timed_out = True
-                os.kill(process.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.002)
-        elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
-    counts = re.findall(rb"\d+", stdout_path.read_bytes())
-    return SourceResult(
-        exit_code=process.returncode,
-        elapsed=elapsed,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
-        dots_sent=int(counts[-1]) if counts else 0,
-        timed_out=timed_out,
-        stderr=stderr_path.read_text(errors="replace"),
-    )
-
-
 # --- Postfix's side -----------------------------------------------------------------------------------------
-
-
-def files_in(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return [Path(entry.path) for entry in os.scandir(directory) if entry.is_file()]
-
-
-def queued(postfix: PostfixInstance) -> int:
-    """Messages still in Postfix's queue (queue files in maildrop, incoming, active, deferred, hold)."""
-    count = 0
-    for sub in QUEUE_SUBDIRS:
-        for _, _, names in os.walk(postfix.queue_dir / sub):
-            count += len(names)
-    return count
 
 
 def wait_drained(postfix: PostfixInstance, mailbox: str, expected: int, timeout: float) -> dict[str, Any]:
@@ -647,20 +549,6 @@ def run(args: argparse.Namespace) -> int:
     if args.keep:
         print(f"kept: {base}")
     return 0 if not problems else 1
-
-
-def postfix_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["/usr/sbin/postconf", "-d", "mail_version"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.partition("=")[2].strip() or None
 
 
 def main() -> int:
