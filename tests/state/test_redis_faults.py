@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from smtp_tarpit.config import ReputationConfig
 from smtp_tarpit.policy.reputation import EMPTY, Observation, observe
 from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.state.base import Change, StoreError
+from smtp_tarpit.state.codec import decode
 from smtp_tarpit.state.open import open_store
-from smtp_tarpit.state.redis import RedisStore
+from smtp_tarpit.state.redis import WATCH_INTERVAL, RedisStore
 from tests.state.redis_server import (
     HOST,
     SERVICE,
     RedisProcess,
+    client,
     free_port,
     require_redis,
     start_redis,
@@ -147,3 +150,66 @@ def test_a_hung_sentinel_master_fails_after_one_timeout(tmp_path: Path) -> None:
     finally:
         sentinel.stop()
         master.stop()
+
+
+def test_after_a_sentinel_failover_the_store_follows_the_new_master(tmp_path: Path) -> None:
+    require_redis()
+    master = start_redis(tmp_path, "--repl-diskless-sync-delay", "0", name="master")
+    started = [master]
+    try:
+        replica = start_redis(tmp_path, "--replicaof", HOST, str(master.port), name="replica")
+        started.append(replica)
+        sentinel = start_sentinel(tmp_path, master)
+        started.append(sentinel)
+        asyncio.run(_fail_over(master, replica, sentinel))
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+async def _fail_over(master: RedisProcess, replica: RedisProcess, sentinel: RedisProcess) -> None:
+    config = ReputationConfig(
+        store="redis://ignored/0", store_timeout=TIMEOUT, redis_sentinels=[f"{HOST}:{sentinel.port}"]
+    )
+    store = open_store(config, SETTINGS)
+    assert isinstance(store, RedisStore)
+    ask = client(sentinel.port)
+    try:
+        now = time.time()
+        await store.apply(KEY, error(now), now)
+        with client(replica.port) as copy:  # the replica has it before the failover (it may lag ~1 s)
+            assert _within(10.0, lambda: copy.exists("smtp-tarpit:" + KEY) == 1)
+        # The sentinel needs a moment to learn about the replica before it can promote it.
+        assert _within(10.0, lambda: _accepted(ask))
+        assert _within(
+            10.0,
+            lambda: (
+                int(ask.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1]) == replica.port
+            ),
+        )
+        # Within the store's watch interval it asks the sentinels again and leaves the old master, which
+        # still takes writes (Sentinel demotes it ~10 s later, and whatever it took then is lost).
+        await asyncio.sleep(WATCH_INTERVAL + 0.5)
+        state = await store.apply(KEY, error(now), now)
+        assert state.count(Observation.ERROR) == 2
+        with client(replica.port) as new:
+            assert decode(new.get("smtp-tarpit:" + KEY), SETTINGS) == state  # on the new master
+    finally:
+        ask.close()
+        await store.close()
+
+
+def _accepted(sentinel: redis.Redis) -> bool:
+    try:
+        return sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE) in (b"OK", "OK", True)
+    except redis.ResponseError:  # NOGOODSLAVE until it has seen the replica
+        return False
+
+
+def _within(seconds: float, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

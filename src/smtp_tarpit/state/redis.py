@@ -15,6 +15,9 @@ Invariants:
   ``socket_timeout`` and ``socket_connect_timeout`` are set, and ``Retry(NoBackoff(), 0)`` replaces
   redis-py's default of three retries with backoff (a refused connection fails at once, a hung server
   after one timeout). Retrying is the caller's business (state/guard.py).
+- Behind Sentinel, the master's address is asked again every ``WATCH_INTERVAL`` seconds in the background,
+  so after a failover this host stops writing to the old master within about that time (Sentinel itself
+  demotes a reachable old master only ~10 s later; until then it takes writes that are then lost).
 - Every redis-py error becomes StoreError with a short reason; a value that does not decode, or a key of
   another type, counts as absent (and is overwritten by the next apply or put).
 - Keys are checked with ``check_key`` before they are used.
@@ -36,7 +39,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
@@ -48,6 +51,7 @@ from smtp_tarpit.state.base import Change, StoreError, check_key
 log = logging.getLogger("smtp_tarpit.store")
 
 ATTEMPTS = 8
+WATCH_INTERVAL = 1.0  # seconds between two questions to the sentinels: who is the master now?
 MAX_CONNECTIONS = 64  # per host to one Redis; a session waits (within the timeout) for a free one
 _SCAN_BATCH = 100
 
@@ -92,6 +96,7 @@ class RedisStore:
         prefix: str = "smtp-tarpit:",
         attempts: int = ATTEMPTS,
         also_close: Sequence[Redis] = (),
+        watch_interval: float = WATCH_INTERVAL,
     ) -> None:
         """A store over ``client`` (built by one of the ``connect_*`` class methods, which set the
         timeouts and turn retries off). ``also_close``: clients the store owns besides (Sentinel's)."""
@@ -101,6 +106,10 @@ class RedisStore:
         self.attempts = attempts
         self._cluster = isinstance(client, RedisCluster)
         self._also_close = list(also_close)
+        pool = client.connection_pool if isinstance(client, Redis) else None
+        self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
+        self._watch_interval = watch_interval
+        self._watch: asyncio.Task[None] | None = None
         self._locks = _KeyLocks()
         self._sha = ""
         self.conflicts = 0  # compare-and-set attempts lost to another writer (for metrics and tests)
@@ -232,6 +241,7 @@ class RedisStore:
         found: list[tuple[str, ClientState]] = []
         if limit <= 0:
             return found
+        self._start_watching()
         settings, seen = self.settings, set()
         pattern = _glob_escape(self.prefix) + "*"
         with _errors("scan"):
@@ -256,6 +266,11 @@ class RedisStore:
         return 0  # every key carries its own expiry: Redis deletes it
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         clients: list[Redis | RedisCluster] = [self.client, *self._also_close]
         for client in clients:
             with contextlib.suppress(RedisError, RedisClusterException, OSError):
@@ -264,7 +279,22 @@ class RedisStore:
     # --- helpers --------------------------------------------------------------------------------------
 
     def _name(self, key: str) -> str:
+        self._start_watching()
         return self.prefix + check_key(key)
+
+    def _start_watching(self) -> None:
+        """Behind Sentinel: start the background check of the master's address (once, from the loop)."""
+        if self._sentinel_pool is not None and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_master(self._sentinel_pool))
+
+    async def _watch_master(self, pool: SentinelConnectionPool) -> None:
+        # get_master_address asks the sentinels and, when the master has changed, closes the idle
+        # connections to the old one; new connections go to the new master. A failure here changes nothing:
+        # the calls themselves report a store that cannot be reached.
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            with contextlib.suppress(RedisError, OSError):
+                await pool.get_master_address()  # type: ignore[no-untyped-call]
 
     async def _mget(self, names: list[str]) -> list[bytes | None]:
         if isinstance(self.client, RedisCluster):
