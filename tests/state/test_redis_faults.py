@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 
 from smtp_tarpit.config import ReputationConfig
 from smtp_tarpit.policy.reputation import EMPTY, Observation, observe
@@ -25,6 +26,7 @@ from tests.state.redis_server import (
     client,
     free_port,
     require_redis,
+    start_cluster,
     start_redis,
     start_sentinel,
 )
@@ -213,3 +215,44 @@ def _within(seconds: float, condition: Callable[[], bool]) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_hung_cluster_node_fails_its_keys_after_one_timeout_and_no_other(tmp_path: Path) -> None:
+    require_redis()
+    nodes = start_cluster(tmp_path)
+    try:
+        asyncio.run(_hang_a_node(nodes))
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def _hang_a_node(nodes: list[RedisProcess]) -> None:
+    store = open_store(
+        ReputationConfig(store=nodes[0].url, store_timeout=TIMEOUT, redis_cluster=True), SETTINGS
+    )
+    assert isinstance(store, RedisStore) and isinstance(store.client, RedisCluster)
+    cluster = store.client
+    try:
+        now = time.time()
+        keys = [f"ip:198.51.100.{i}" for i in range(1, 40)]
+        await store.put({key: observe(EMPTY, Observation.ERROR, now, SETTINGS) for key in keys}, now)
+        owner = {key: cluster.get_node_from_key("smtp-tarpit:" + key).port for key in keys}
+        victim = nodes[1]
+        on_victim = [key for key in keys if owner[key] == victim.port]
+        elsewhere = [key for key in keys if owner[key] != victim.port]
+        assert on_victim and elsewhere
+        victim.pause()
+        try:
+            elapsed = await timed_failure(store.apply(on_victim[0], error(now), now))
+            assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + SLACK
+            started = time.monotonic()
+            state = await store.apply(elsewhere[0], error(now), now)
+            assert state.count(Observation.ERROR) == 2 and time.monotonic() - started < TIMEOUT
+        finally:
+            victim.resume()
+        state = await store.apply(on_victim[0], error(now), now)
+        assert state.count(Observation.ERROR) >= 2
+        assert set(await store.load(keys, now)) == set(keys)
+    finally:
+        await store.close()
