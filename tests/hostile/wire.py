@@ -11,6 +11,7 @@ Owns:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -100,6 +101,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes up a thread still blocked sending on this socket
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
     def send(self, data: bytes) -> None:
