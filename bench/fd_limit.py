@@ -1,14 +1,18 @@
 """Benchmark: smtp-tarpit at its file-descriptor limit: does it keep running, refuse politely, and recover?
 
 smtp-tarpit runs under ``prlimit --nofile=L:L`` (default L = 512, soft and hard, so it cannot raise it) and
-the client opens more connections than that (L + ``--extra``), spread over loopback addresses 127.0.50.x.
-Each connection waits up to ``--banner-timeout`` s for its first reply. Two modes, each a fresh server:
+the client opens more connections than that (L + ``--extra``, ``--concurrency`` at once), spread over
+loopback addresses 127.0.50.x. Each connection waits up to ``--banner-timeout`` s for its first reply.
+Three modes, each a fresh server:
 
 - **backlog**: ``[limits] max_connections`` at its default (20,000, far above L): the process runs out of
   descriptors before the cap bites. Clients past the limit cannot be accepted: they wait in the kernel's
   listen backlog (asyncio logs "socket.accept() out of system resource" and retries accept() after 1 s);
 - **refuse**: ``max_connections = L - --reserve`` (64 descriptors kept for the listener, logs, Maildir
-  files): clients past the cap are accepted, told ``421 4.7.0`` and closed, and the process never runs out.
+  files): clients past the cap should be accepted, told ``421 4.7.0`` and closed, without running out;
+- **headroom**: ``max_connections = L - --reserve - --concurrency``: the same, with room left for every
+  connection the client can have in flight at once (each is accepted, so it holds a descriptor until its
+  421 is written and it is closed).
 
 For each mode, at the limit: is the server alive, how many descriptors it has, what a fresh client gets,
 and what a greeted session gets for a message (Maildir delivery needs a descriptor). Then every greeted
@@ -16,7 +20,7 @@ connection is closed ("release"): how long until the waiting clients get their b
 client connecting right after the release, and one connecting once all is quiet, waits for its banner.
 Finally everything is closed and the server must exit 0 on SIGTERM. Loopback only, bounded in time.
 
-Run: .venv/bin/python bench/fd_limit.py [--limit 512] [--extra 300] [--modes backlog,refuse]
+Run: .venv/bin/python bench/fd_limit.py [--limit 512] [--extra 300] [--modes backlog,refuse,headroom]
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ PRLIMIT = "/usr/bin/prlimit"
 SOURCE_SUBNET = 50
 OUT_OF_FDS = "out of system resource"
 TROUBLE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
-MODES = ("backlog", "refuse")
+MODES = ("backlog", "refuse", "headroom")
 
 
 @dataclass
@@ -227,7 +231,11 @@ async def release(
 async def one_mode(mode: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     limit = args.limit
     folder.mkdir(parents=True)
-    cap = 20000 if mode == "backlog" else limit - args.reserve
+    cap = {
+        "backlog": 20000,
+        "refuse": limit - args.reserve,
+        "headroom": limit - args.reserve - args.concurrency,
+    }[mode]
     config = write_tarpit_config(
         folder, 5, ["alice@example.test"], cap, connections_per_client=50, max_tarpitted=cap
     )
@@ -322,11 +330,12 @@ def targets_of(r: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[st
             r.get("log_out_of_fds_lines") == 0,
         ),
     }
-    if r.get("mode") == "refuse":
+    if r.get("mode") in ("refuse", "headroom"):
         fresh = r.get("fresh_client_at_limit", {})
         waited = fresh.get("banner_ms")
+        got = waited if waited is not None else f"{fresh.get('outcome')} after {args.banner_timeout:g} s"
         values[f"fresh_client_at_cap_gets_421_within_ms {args.prompt_ms:g}"] = (
-            waited,
+            got if fresh else None,
             fresh.get("outcome") == "421" and waited is not None and waited <= args.prompt_ms,
         )
     return {name: {"value": v, "met": None if v is None else met} for name, (v, met) in values.items()}
@@ -456,7 +465,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=512, help="the server's RLIMIT_NOFILE (soft = hard)")
     parser.add_argument("--extra", type=int, default=300, help="connections opened beyond the limit")
     parser.add_argument("--reserve", type=int, default=64, help="refuse mode: max_connections = limit - this")
-    parser.add_argument("--modes", default=",".join(MODES), help="backlog, refuse or both")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma list of backlog, refuse, headroom")
     parser.add_argument("--sources", type=int, default=100, help="client addresses 127.0.50.1...")
     parser.add_argument("--concurrency", type=int, default=200, help="connections being opened at once")
     parser.add_argument("--banner-timeout", type=float, default=3.0, help="wait for a first reply, s")
@@ -469,10 +478,10 @@ def main() -> int:
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the temporary folder goes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
     args = parser.parse_args()
-    if args.limit < 64 or args.extra < 1 or not 0 < args.reserve < args.limit:
-        parser.error("--limit >= 64, --extra >= 1, 0 < --reserve < --limit")
+    if args.limit < 64 or args.extra < 1 or not 0 < args.reserve < args.limit - args.concurrency:
+        parser.error("--limit >= 64, --extra >= 1, 0 < --reserve < --limit - --concurrency")
     if not set(args.modes.split(",")) <= set(MODES):
-        parser.error("--modes: backlog, refuse")
+        parser.error("--modes: backlog, refuse, headroom")
     if not Path(PRLIMIT).exists():
         parser.error(f"{PRLIMIT} is missing (Debian package util-linux)")
     return asyncio.run(run(args))

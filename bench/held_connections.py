@@ -95,6 +95,7 @@ class ServerResult:
     slope_kib_per_connection: float | None = None
     idle_cpu_share_held: float | None = None  # of one core, while only holding
     cpu_ms_per_session_open: float | None = None  # server CPU to accept one and take it to the held RCPT
+    cpu_ms_per_session_close: float | None = None  # server CPU when the client hangs up on a held session
     kernel_slab_kib_per_connection: float | None = None  # machine-wide Slab growth / N (both socket ends)
     kernel_tcp_buffer_pages: int | None = None  # /proc/net/sockstat TCP mem while held (buffers in use)
     banner_seconds: dict[str, float | None] = field(default_factory=dict)
@@ -549,9 +550,12 @@ async def measure(
         else:
             result.unexpected_replies, result.unexpected_sample = unexpected_data(held)
     finally:
+        cpu = server.cpu_seconds() if server.process is not None and server.process.poll() is None else None
         for conn in held:
             conn.sock.close()
     result.server_sessions_after_close = await drained(server, args.settle_timeout)
+    if cpu is not None and held:
+        result.cpu_ms_per_session_close = 1000 * (server.cpu_seconds() - cpu) / len(held)
     result.rss_kib["after_close"] = server.rss_kib()
     if tarpit is not None:
         await unloaded(server, target, result, args, "after")
@@ -662,6 +666,12 @@ def memory_table(results: list[ServerResult]) -> str:
             ".1f",
         ),
         row("server CPU ms per session opened", [r.cpu_ms_per_session_open for r in results], ".3f", True),
+        row(
+            "server CPU ms per held session closed",
+            [r.cpu_ms_per_session_close for r in results],
+            ".3f",
+            True,
+        ),
         row(
             "kernel Slab KiB per connection (both ends)",
             [r.kernel_slab_kib_per_connection for r in results],
