@@ -50,7 +50,7 @@ def write_tarpit_config(
     folder: Path,
     delay: float,
     recipients: list[str],
-    max_connections: int,
+    max_connections: int | None,
     *,
     connections_per_client: int | None = None,
     max_tarpitted: int | None = None,
@@ -59,11 +59,17 @@ def write_tarpit_config(
     """The benchmark config: the brief's shape, a free port picked by the server (read from its log).
 
     ``connections_per_client`` and ``max_tarpitted`` default to ``max_connections`` (the load comes from a
-    few loopback addresses, and every session is meant to be held); ``extra`` is appended as it is (more
-    TOML sections). Writing it again over the same file and sending SIGHUP reloads it."""
+    few loopback addresses, and every session is meant to be held); a limit that is None is not written
+    (the server's own default applies). ``extra`` is appended as it is (more TOML sections). Writing it
+    again over the same file and sending SIGHUP reloads it."""
     (folder / "recipients.txt").write_text("".join(f"{r}\n" for r in recipients))
     per_client = max_connections if connections_per_client is None else connections_per_client
     tarpitted = max_connections if max_tarpitted is None else max_tarpitted
+    limits = {
+        "max_connections": max_connections,
+        "connections_per_client": per_client,
+        "max_tarpitted": tarpitted,
+    }
     config = folder / "smtp-tarpit.toml"
     config.write_text(
         "[server]\n"
@@ -77,9 +83,8 @@ def write_tarpit_config(
         "[tarpit]\n"
         f"delay = {delay:g}\n"
         "[limits]\n"
-        f"max_connections = {max_connections}\n"
-        f"connections_per_client = {per_client}\n"
-        f"max_tarpitted = {tarpitted}\n" + extra
+        + "".join(f"{key} = {value}\n" for key, value in limits.items() if value is not None)
+        + extra
     )
     return config
 

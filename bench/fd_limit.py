@@ -3,8 +3,11 @@
 smtp-tarpit runs under ``prlimit --nofile=L:L`` (default L = 512, soft and hard, so it cannot raise it) and
 the client opens more connections than that (L + ``--extra``, ``--concurrency`` at once), spread over
 loopback addresses 127.0.50.x. Each connection waits up to ``--banner-timeout`` s for its first reply.
-Three modes, each a fresh server:
+Four modes, each a fresh server:
 
+- **default**: no ``[limits] max_connections`` in the config: the server's own default applies (since
+  2026-11-28: the descriptor limit less a reserve of a tenth, at most 1000; the table shows the value the
+  server logged);
 - **backlog**: ``[limits] max_connections`` at its default (20,000, far above L): the process runs out of
   descriptors before the cap bites. Clients past the limit cannot be accepted: they wait in the kernel's
   listen backlog (asyncio logs "socket.accept() out of system resource" and retries accept() after 1 s);
@@ -20,7 +23,7 @@ connection is closed ("release"): how long until the waiting clients get their b
 client connecting right after the release, and one connecting once all is quiet, waits for its banner.
 Finally everything is closed and the server must exit 0 on SIGTERM. Loopback only, bounded in time.
 
-Run: .venv/bin/python bench/fd_limit.py [--limit 512] [--extra 300] [--modes backlog,refuse,headroom]
+Run: .venv/bin/python bench/fd_limit.py [--limit 512] [--extra 300] [--modes default,backlog,refuse,headroom]
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ from benchlib import (
 PRLIMIT = "/usr/bin/prlimit"
 SOURCE_SUBNET = 50
 OUT_OF_FDS = "out of system resource"
+CONNECTION_LIMIT = re.compile(r"connection limit: (\d+)")
 TROUBLE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
-MODES = ("backlog", "refuse", "headroom")
+MODES = ("default", "backlog", "refuse", "headroom")
 
 
 @dataclass
@@ -232,17 +236,20 @@ async def one_mode(mode: str, folder: Path, args: argparse.Namespace) -> dict[st
     limit = args.limit
     folder.mkdir(parents=True)
     cap = {
+        "default": None,  # not in the config: the server's own default (the descriptor limit less a reserve)
         "backlog": 20000,
         "refuse": limit - args.reserve,
         "headroom": limit - args.reserve - args.concurrency,
     }[mode]
-    config = write_tarpit_config(
-        folder, 5, ["alice@example.test"], cap, connections_per_client=50, max_tarpitted=cap
-    )
+    config = write_tarpit_config(folder, 5, ["alice@example.test"], cap, connections_per_client=50)
     argv = [PRLIMIT, f"--nofile={limit}:{limit}", "--", *smtp_tarpit_command(config)]
     server = ServerProcess(f"smtp-tarpit-{mode}", argv, folder).start()
+    deadline = time.monotonic() + 5.0  # logged just after "listening on"
+    while (logged := CONNECTION_LIMIT.search(server.log())) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    shown = str(cap) if cap is not None else f"default: {logged.group(1) if logged else '?'}"
     sources = source_addresses(args.sources, SOURCE_SUBNET)
-    result: dict[str, Any] = {"mode": mode, "limit": limit, "max_connections": cap, "problems": []}
+    result: dict[str, Any] = {"mode": mode, "limit": limit, "max_connections": shown, "problems": []}
     conns: list[Conn] = []
     try:
         result["nofile"] = nofile_of(server.pid)
@@ -330,7 +337,7 @@ def targets_of(r: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[st
             r.get("log_out_of_fds_lines") == 0,
         ),
     }
-    if r.get("mode") in ("refuse", "headroom"):
+    if r.get("mode") != "backlog":
         fresh = r.get("fresh_client_at_limit", {})
         waited = fresh.get("banner_ms")
         got = waited if waited is not None else f"{fresh.get('outcome')} after {args.banner_timeout:g} s"
@@ -465,7 +472,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=512, help="the server's RLIMIT_NOFILE (soft = hard)")
     parser.add_argument("--extra", type=int, default=300, help="connections opened beyond the limit")
     parser.add_argument("--reserve", type=int, default=64, help="refuse mode: max_connections = limit - this")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma list of backlog, refuse, headroom")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma list of default, backlog, refuse, headroom"
+    )
     parser.add_argument("--sources", type=int, default=100, help="client addresses 127.0.50.1...")
     parser.add_argument("--concurrency", type=int, default=200, help="connections being opened at once")
     parser.add_argument("--banner-timeout", type=float, default=3.0, help="wait for a first reply, s")
@@ -481,7 +490,7 @@ def main() -> int:
     if args.limit < 64 or args.extra < 1 or not 0 < args.reserve < args.limit - args.concurrency:
         parser.error("--limit >= 64, --extra >= 1, 0 < --reserve < --limit - --concurrency")
     if not set(args.modes.split(",")) <= set(MODES):
-        parser.error("--modes: backlog, refuse, headroom")
+        parser.error("--modes: default, backlog, refuse, headroom")
     if not Path(PRLIMIT).exists():
         parser.error(f"{PRLIMIT} is missing (Debian package util-linux)")
     return asyncio.run(run(args))
