@@ -807,6 +807,10 @@ async def run(args: argparse.Namespace) -> int:
         for server, smtp in servers:
             print(f"{server.name}: opening {args.connections} connections ...", file=sys.stderr, flush=True)
             results.append(await measure(server, smtp, args, sources, tarpit if smtp else None))
+    except BaseException:
+        if not args.keep:  # a server that did not start: its log is in the traceback, the folder can go
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
         for server, _ in servers:
             server.kill()  # only if still running: measure() already stopped it
