@@ -21,6 +21,7 @@ from smtp_tarpit.protocol.events import (
     Help,
     Mail,
     Message,
+    MessagePart,
     Noop,
     Quit,
     Rcpt,
@@ -105,7 +106,8 @@ class Dialogue:
         out = bytearray()
         while (event := self.conn.next_event()) is not NEED_DATA:
             self.events.append(event)
-            out += self.conn.send(self.responder(self.conn, event))
+            if not isinstance(event, MessagePart):  # a part is not answered
+                out += self.conn.send(self.responder(self.conn, event))
         return bytes(out)
 
     def say(self, data: bytes) -> list[str]:
@@ -118,7 +120,17 @@ class Dialogue:
 
     @property
     def messages(self) -> list[bytes]:
-        return [event.content for event in self.events if isinstance(event, Message)]
+        """Every message accepted whole: its parts and its end joined (a refused message's parts are void)."""
+        found, parts = [], bytearray()
+        for event in self.events:
+            if isinstance(event, MessagePart):
+                parts += event.content
+            elif isinstance(event, Message):
+                found.append(bytes(parts) + event.content)
+                parts.clear()
+            elif isinstance(event, Answer):  # parts are only ever followed by their Message or a refusal
+                parts.clear()
+        return found
 
 
 def _code(line: str) -> str:

@@ -4,6 +4,7 @@ complete unstuffed text of a DATA section ended by CRLF.CRLF, and how the bytes 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from smtp_dialogue import HOST, TRANSACTION, Responder, canonical_reply, with_ov
 
 from smtp_tarpit.protocol import NEED_DATA, Features, Limits, SmtpConnection, replies
 from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
-from smtp_tarpit.protocol.events import Answer, Event, Message, Problem, StartTls
+from smtp_tarpit.protocol.events import Answer, Event, Message, MessagePart, Problem, StartTls
 from smtp_tarpit.protocol.state import State
 
 EHLO = b"EHLO client.example\r\n"
@@ -85,7 +86,7 @@ ALL_FEATURES = Features(starttls=True, auth=True, plaintext_auth=True)
 # Answered 220, STARTTLS drops what is buffered (CVE-2011-0411): only a refused one keeps chunks irrelevant.
 NO_TLS_HANDSHAKE = with_overrides({StartTls: replies.TLS_UNAVAILABLE})
 PROPERTY = settings(
-    max_examples=200,
+    max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "200")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -130,7 +131,8 @@ def run(
             continue
         while (event := conn.next_event()) is not NEED_DATA:
             events.append(event)
-            out += conn.send(responder(conn, event))
+            if not isinstance(event, MessagePart):
+                out += conn.send(responder(conn, event))
         assert conn.buffered <= buffer_bound(conn)
     return events, bytes(out)
 
@@ -162,10 +164,11 @@ def expected_outcome(body: bytes, limits: Limits) -> Event:
     if len(body) > limits.message_size:
         return Answer(replies.message_too_big(limits.message_size), Problem.MESSAGE_TOO_BIG)
     lines = body.split(b"\r\n")[:-1]
-    if any(len(line) + 2 > limits.text_line for line in lines):
-        return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
-    if limits.reject_bare_newline and any(b"\r" in line or b"\n" in line for line in lines):
-        return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
+    for line in lines:  # the first offending line decides
+        if len(line) + 2 > limits.text_line:
+            return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
+        if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
+            return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
     unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
     return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))
 
@@ -230,3 +233,34 @@ def test_a_dot_stuffed_body_comes_back_unchanged(body: list[bytes]) -> None:
     stream = EHLO + TRANSACTION + stuffed + b".\r\n"
     events, _ = run([stream], Limits(), Features(), canonical_reply)
     assert events[-1] == Message(text)
+
+
+def joined(events: list[Event]) -> list[Event]:
+    """The events with each message's parts joined into its Message (a refused message's parts dropped)."""
+    result: list[Event] = []
+    parts = bytearray()
+    for event in events:
+        if isinstance(event, MessagePart):
+            parts += event.content
+            continue
+        if isinstance(event, Message):
+            event = Message(bytes(parts) + event.content)
+        if isinstance(event, (Message, Answer)):
+            parts.clear()
+        result.append(event)
+    return result
+
+
+@PROPERTY
+@given(stream=streams, limits=limits, part=st.integers(1, 300), data=st.data())
+def test_a_message_given_out_in_parts_is_the_same_message_and_gets_the_same_answers(
+    stream: bytes, limits: Limits, part: int, data: st.DataObject
+) -> None:
+    chunks = split(stream, data.draw(st.lists(st.integers(0, len(stream)), max_size=30), label="cuts"))
+    whole = run([stream], limits, ALL_FEATURES, NO_TLS_HANDSHAKE)
+    limits.data_part = part
+    events, out = run(chunks, limits, ALL_FEATURES, NO_TLS_HANDSHAKE)
+    assert (joined(events), out) == whole
+    for event in events:
+        if isinstance(event, MessagePart):
+            assert_well_formed(event.content)

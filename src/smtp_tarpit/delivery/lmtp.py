@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
+from smtp_tarpit.delivery.outgoing import AbortedError, Outgoing
 from smtp_tarpit.delivery.relay import DownstreamDeliverer, RelayTarget, enhanced_code
 
 MAX_REPLY_LINE = 4096  # octets; RFC 5321 allows 512, servers' help texts run longer
@@ -53,12 +55,12 @@ class Reply:
         return enhanced_code(self.lines[0], self.code)
 
 
-def wire_text(message: bytes) -> bytes:
-    """The message as it goes after DATA: CRLF line ends, dot-stuffed, ending with CRLF "." CRLF."""
+def wire_text(message: bytes, *, final: bool = True) -> bytes:
+    """Text as it goes after DATA: CRLF line ends, dot-stuffed, and (``final``) CRLF "." CRLF to end it."""
     text = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", message))
-    if not text.endswith(b"\r\n"):
+    if text and not text.endswith(b"\r\n"):
         text += b"\r\n"
-    return text + b".\r\n"
+    return text + b".\r\n" if final else text
 
 
 class _Connection:
@@ -124,13 +126,25 @@ class LmtpDeliverer(DownstreamDeliverer):
             raise ValueError(f"not an LMTP target: {target}")
         super().__init__(target, hostname=hostname, timeout=timeout, connections=connections)
 
+    early = True  # the downstream transaction opens at the client's 354
+
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        if not message.isascii():
+            envelope = dataclasses.replace(envelope, eight_bit=True)
+        await self.begin(envelope, b"").finish(message)
+
+    def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
+        return Outgoing(lambda out: self._relay(envelope, head, out))
+
+    async def _relay(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
         async with self.slot():
             connection, extensions = await self._connect()
             in_step = False
             try:
-                await _transaction(connection, extensions, envelope, message)
+                await _transaction(connection, extensions, envelope, head, out)
                 in_step = True
+            except AbortedError:
+                raise  # closed without the final dot: the downstream discards the transaction
             except LmtpProtocolError as exc:
                 raise DeliveryError(f"downstream {self.target} broke the protocol: {exc}") from exc
             except (OSError, TimeoutError, EOFError) as exc:
@@ -176,12 +190,12 @@ class LmtpDeliverer(DownstreamDeliverer):
 
 
 async def _transaction(
-    connection: _Connection, extensions: frozenset[str], envelope: Envelope, message: bytes
+    connection: _Connection, extensions: frozenset[str], envelope: Envelope, head: bytes, out: Outgoing
 ) -> None:
     if not envelope.recipients:
         raise DeliveryError("no recipients")  # never reached: DATA needs one; and no 250 for nobody
     options = ["SMTPUTF8"] if envelope.smtputf8 and "SMTPUTF8" in extensions else []
-    if "8BITMIME" in extensions and not message.isascii():
+    if "8BITMIME" in extensions and envelope.eight_bit:
         options.append("BODY=8BITMIME")
     _expect(await connection.command(" ".join([f"MAIL FROM:<{envelope.sender}>", *options])), "MAIL")
     refused = []
@@ -196,7 +210,10 @@ async def _transaction(
         # Some recipients taken, some not: one answer cannot say both, and we never bounce.
         raise DeliveryError(f"downstream refused {len(refused)} of {len(envelope.recipients)} recipients")
     _expect(await connection.command("DATA"), "DATA", wanted=354)
-    await connection.send_text(wire_text(message))
+    await connection.send_text(wire_text(head, final=False))
+    async for part in out.parts():
+        await connection.send_text(wire_text(part, final=False))
+    await connection.send_text(b".\r\n")
     finals = [await connection.reply() for _ in envelope.recipients]  # RFC 2033 4.2: one per recipient
     if all(r.code // 100 == 2 for r in finals):
         return

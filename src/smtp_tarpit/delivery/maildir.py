@@ -3,6 +3,8 @@
 The sequence for one message, run in a worker thread (never on the event loop):
 write to ``tmp/<unique>``, fsync the file, hard-link it into ``new/`` of every target mailbox, fsync each
 ``new/`` directory, unlink the tmp name. Only then does ``deliver`` return and the client get its 250.
+A long message (one that arrives in parts) is written to its tmp file part by part as it arrives
+(``begin``), so it is never held whole in memory; the rest of the sequence is the same.
 
 Invariants:
 - Never partial: a reader only ever sees complete files in ``new/`` (the link is atomic).
@@ -20,9 +22,11 @@ import itertools
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from smtp_tarpit.delivery import DeliveryError, Envelope
+from smtp_tarpit.delivery.outgoing import Outgoing
 
 _UNSAFE = {"/": "%2F", "\x00": "%00", "%": "%25"}
 
@@ -61,11 +65,55 @@ class MaildirDeliverer:
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise DeliveryError(f"{existing} is not a writable directory")
 
+    early = False  # nothing to prepare before the text comes: a small message is written in one go
+
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
         try:
             await asyncio.to_thread(self._deliver_sync, envelope, message)
         except OSError as exc:
             raise DeliveryError(f"maildir: {exc.strerror or exc}") from exc
+
+    async def close(self) -> None:
+        return None
+
+    def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
+        return Outgoing(lambda out: self._stream(envelope, head, out))
+
+    async def _stream(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
+        # Every step runs in the thread, one after another (never two at once on one file); on a failure
+        # or an abort the tmp file goes, so nothing half-written is ever left or linked.
+        try:
+            spool = await asyncio.to_thread(self._open_spool, envelope, head)
+        except OSError as exc:
+            raise DeliveryError(f"maildir: {exc.strerror or exc}") from exc
+        delivered = False
+        try:
+            async for part in out.parts():
+                await asyncio.to_thread(spool.write, part)
+            await asyncio.to_thread(self._commit, envelope, spool)
+            delivered = True
+        except OSError as exc:
+            raise DeliveryError(f"maildir: {exc.strerror or exc}") from exc
+        finally:
+            if not delivered:
+                await asyncio.to_thread(spool.discard)
+
+    def _open_spool(self, envelope: Envelope, head: bytes) -> _Spool:
+        box = mailbox_path(self.root, envelope.mailboxes[0])
+        self._ensure(box)
+        spool = _Spool(box / "tmp" / self._unique(0).rpartition(",S=")[0])
+        spool.write(head)
+        return spool
+
+    def _commit(self, envelope: Envelope, spool: _Spool) -> None:
+        spool.sync()
+        boxes = [mailbox_path(self.root, m) for m in envelope.mailboxes]
+        for box in boxes:
+            self._ensure(box)
+        name = f"{spool.path.name},S={spool.size}"
+        for box in boxes:
+            _link_durably(spool.path, box, name, spool.content)
+        spool.discard()
 
     def _unique(self, size: int) -> str:
         count = next(self._counter)
@@ -98,6 +146,36 @@ class MaildirDeliverer:
         self._ready.add(box)
 
 
+class _Spool:
+    """A message being written to its tmp file as it arrives (used from the worker thread only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def write(self, text: bytes) -> None:
+        view = memoryview(text.replace(b"\r\n", b"\n"))
+        self.size += len(view)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def content(self) -> bytes:
+        """The whole text again, for a mailbox on another file system (rare: read back, not held)."""
+        return self.path.read_bytes()
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.path.unlink(missing_ok=True)
+
+
 def _write_durably(path: Path, content: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -109,7 +187,7 @@ def _write_durably(path: Path, content: bytes) -> None:
         os.close(fd)
 
 
-def _link_durably(tmp: Path, box: Path, name: str, content: bytes) -> None:
+def _link_durably(tmp: Path, box: Path, name: str, content: bytes | Callable[[], bytes]) -> None:
     target = box / "new" / name
     try:
         os.link(tmp, target)
@@ -118,7 +196,7 @@ def _link_durably(tmp: Path, box: Path, name: str, content: bytes) -> None:
             raise
         # Mailboxes on another file system: a copy of its own, written the same durable way.
         staged = box / "tmp" / name
-        _write_durably(staged, content)
+        _write_durably(staged, content if isinstance(content, bytes) else content())
         os.rename(staged, target)
     _fsync_dir(box / "new")
 

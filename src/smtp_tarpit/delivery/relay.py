@@ -1,10 +1,12 @@
-"""Relay delivery: forward each accepted message, in the client's own session, to one downstream MTA.
+"""Relay delivery: forward each accepted message, in step with the client's session, to one downstream MTA.
 
 ``[delivery] relay = "smtp://host:port"`` (or ``smtp+starttls://``; the ``lmtp`` forms are parsed here too and
-delivered by ``delivery.lmtp``). The downstream transaction (XFORWARD
-when offered, MAIL, one RCPT per accepted recipient, DATA) runs when the client's message is complete, and
-the client's 250 is sent only after the downstream's 250. Nothing is queued here: at any moment a message
-is either acknowledged downstream or not acknowledged to the client.
+delivered by ``delivery.lmtp``). The downstream transaction (XFORWARD when offered, MAIL, one RCPT per
+accepted recipient, DATA) is opened when the client's DATA is answered 354 (``begin``), the text goes
+downstream as it arrives, and the client's 250 is sent only after the downstream's 250 to the final dot.
+Nothing is queued here: at any moment a message is either acknowledged downstream or not acknowledged to
+the client. Connections are kept open between messages (a small pool, each reused for a few seconds), so
+a message costs no connection set-up, EHLO or QUIT.
 
 The client side is aiosmtplib (maintained, asyncio-native, typed), not a hand-written client. It re-encodes
 the text on the way out (CRLF line ends, dot-stuffing redone), so a bare CR or LF, or a lone "." line, can
@@ -14,13 +16,18 @@ Invariants:
 - Never a silent loss: any downstream failure, timeout or partial refusal raises DeliveryError (451);
   a downstream 5xx for every recipient or for the message raises DownstreamRefusedError (passed on as a 5xx).
 - Bounded: at most ``connections`` downstream connections at once; sessions wait for a slot, never open more.
-- A session held in the tar pit holds no downstream connection: one is opened only for a complete message.
+- A session held in the tar pit holds no downstream connection: one is taken only from the client's 354
+  to the end of its message.
+- A connection goes back to the pool only after a transaction that ended cleanly (250, or refused
+  recipients and RSET); on any doubt it is closed.
 - Envelope addresses reaching the downstream come from our parser, which admits no CR, LF or NUL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -29,8 +36,11 @@ from urllib.parse import urlsplit
 import aiosmtplib
 
 from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
+from smtp_tarpit.delivery.outgoing import AbortedError, Outgoing
 
 DOWN_FOR = 10.0  # seconds new sessions are refused (421 4.4.1) after the downstream failed to answer
+POOL_SECONDS = 5.0  # how long an idle downstream connection is kept for the next message
+_PERIOD = re.compile(rb"(?m)^\.")
 SCHEMES = ("smtp", "smtp+starttls", "lmtp")
 MAX_SOCKET_PATH = 107  # octets: sun_path is 108 bytes on Linux, with the terminating NUL
 _FORMS = "smtp://host:port, smtp+starttls://host:port, lmtp://host:port or lmtp:/path/to/socket"
@@ -109,6 +119,9 @@ class DownstreamDeliverer:
     def check(self) -> None:
         """Nothing to check without a round trip (the downstream may start after us); see ``available``."""
 
+    async def close(self) -> None:
+        return None
+
     @property
     def available(self) -> bool:
         """False for a short while after the downstream failed to answer: new sessions get 421 4.4.1."""
@@ -125,6 +138,8 @@ class DownstreamDeliverer:
 
 
 class RelayDeliverer(DownstreamDeliverer):
+    early = True  # the downstream transaction opens at the client's 354
+
     def __init__(
         self,
         target: RelayTarget,
@@ -136,42 +151,88 @@ class RelayDeliverer(DownstreamDeliverer):
     ) -> None:
         super().__init__(target, hostname=hostname, timeout=timeout, connections=connections)
         self.tls_context = tls_context
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # pooled connections, with when they were left
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        if not message.isascii():
+            envelope = dataclasses.replace(envelope, eight_bit=True)
+        await self.begin(envelope, b"").finish(message)
+
+    def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
+        return Outgoing(lambda out: self._relay(envelope, head, out))
+
+    async def _relay(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
         async with self.slot():
-            client = aiosmtplib.SMTP(
-                hostname=self.target.host,
-                port=self.target.port,
-                timeout=self.timeout,
-                local_hostname=self.hostname,
-                start_tls=self.target.scheme == "smtp+starttls",
-                tls_context=self.tls_context,
-            )
+            client, reused = await self._connection()
+            clean = False
             try:
-                await client.connect()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                self.mark_down()
-                raise TargetUnavailableError(
-                    f"downstream {self.target} unavailable: {exc.__class__.__name__}"
-                ) from exc
-            try:
-                await self._transaction(client, envelope, message)
+                try:
+                    await self._open(client, envelope)
+                except aiosmtplib.SMTPServerDisconnected:
+                    if not reused:
+                        raise
+                    # The pooled connection had timed out downstream: nothing was sent yet, start afresh.
+                    client.close()
+                    client, _ = await self._connection(fresh=True)
+                    await self._open(client, envelope)
+                clean = await self._send(client, head, out)
             except aiosmtplib.SMTPResponseException as exc:
+                clean = exc.code != 421  # answered in due form: the connection is fine for the next one
                 raise _failure(exc.code, exc.message, "reply") from exc
+            except DeliveryError:
+                clean = True  # recipients refused, and RSET answered
+                raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 raise TargetUnavailableError(
                     f"downstream {self.target} failed: {exc.__class__.__name__}"
                 ) from exc
             finally:
-                await _quietly_quit(client)
+                self._release(client, clean)
 
-    async def _transaction(self, client: aiosmtplib.SMTP, envelope: Envelope, message: bytes) -> None:
-        if client.last_ehlo_response is None:  # connect() greets only when it upgrades to TLS
-            await client.ehlo()
+    async def _connection(self, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+        """A pooled connection still young enough, or a new one (marking the downstream down if it fails)."""
+        now = time.monotonic()
+        while self._idle and not fresh:
+            client, since = self._idle.pop()
+            if now - since < POOL_SECONDS and client.is_connected:
+                return client, True
+            client.close()
+        client = aiosmtplib.SMTP(
+            hostname=self.target.host,
+            port=self.target.port,
+            timeout=self.timeout,
+            local_hostname=self.hostname,
+            start_tls=self.target.scheme == "smtp+starttls",
+            tls_context=self.tls_context,
+        )
+        try:
+            await client.connect()
+            if client.last_ehlo_response is None:  # connect() greets only when it upgrades to TLS
+                await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            self.mark_down()
+            reason = f"downstream {self.target} unavailable: {exc.__class__.__name__}"
+            raise TargetUnavailableError(reason) from exc
+        return client, False
+
+    async def close(self) -> None:
+        """At shutdown: say QUIT on every pooled connection."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(quietly_quit(client) for client, _ in idle))
+
+    def _release(self, client: aiosmtplib.SMTP, clean: bool) -> None:
+        if clean and client.is_connected and len(self._idle) < self.connections:
+            self._idle.append((client, time.monotonic()))
+        else:
+            client.close()
+
+    async def _open(self, client: aiosmtplib.SMTP, envelope: Envelope) -> None:
+        """XFORWARD, MAIL, every RCPT, DATA: the downstream is then waiting for the text."""
         if client.supports_extension("xforward") and envelope.client:
             await _xforward(client, envelope)
         options = ["SMTPUTF8"] if envelope.smtputf8 and client.supports_extension("smtputf8") else []
-        if client.supports_extension("8bitmime") and not message.isascii():
+        if client.supports_extension("8bitmime") and envelope.eight_bit:
             options.append("BODY=8BITMIME")
         await client.mail(envelope.sender, options=options, encoding="utf-8")
         refused = []
@@ -187,7 +248,35 @@ class RelayDeliverer(DownstreamDeliverer):
                 raise DownstreamRefusedError(first.code, enhanced_code(first.message, first.code), "RCPT")
             # Some recipients taken, some not: one answer cannot say both, and we never bounce.
             raise DeliveryError(f"downstream refused {len(refused)} of {len(envelope.recipients)} recipients")
-        await client.data(message)
+        response = await client.execute_command(b"DATA")
+        if response.code != 354:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+
+    async def _send(self, client: aiosmtplib.SMTP, head: bytes, out: Outgoing) -> bool:
+        """The text as it arrives, then the final dot; True once the downstream answered 250."""
+        protocol = client.protocol
+        assert protocol is not None
+        # Re-encoded by us whatever came in: CRLF lines, dot-stuffing redone (our core has already
+        # turned every bare CR or LF into CRLF), so no "." line can end the message early downstream.
+        try:
+            protocol.write(_stuff(head))
+            async for part in out.parts():
+                protocol.write(_stuff(part))
+                # aiosmtplib has no public way to wait for its write buffer; its protocol is asyncio's
+                # flow-control mixin, whose _drain_helper is what StreamWriter.drain() awaits.
+                async with asyncio.timeout(self.timeout):
+                    await protocol._drain_helper()
+        except AbortedError:
+            return False  # closing without the final dot: the downstream discards the transaction
+        protocol.write(b".\r\n")
+        response = await protocol.read_response(timeout=self.timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return True
+
+
+def _stuff(text: bytes) -> bytes:
+    return _PERIOD.sub(b"..", text) if text.startswith(b".") or b"\n." in text else text
 
 
 def _failure(code: int, message: str, where: str) -> DeliveryError:
@@ -209,7 +298,7 @@ async def _xforward(client: aiosmtplib.SMTP, envelope: Envelope) -> None:
         raise DeliveryError(f"downstream refused XFORWARD: {response.code}")
 
 
-async def _quietly_quit(client: aiosmtplib.SMTP) -> None:
+async def quietly_quit(client: aiosmtplib.SMTP) -> None:
     try:
         if client.is_connected:
             await client.quit()

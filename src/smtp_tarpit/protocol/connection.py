@@ -32,6 +32,7 @@ from smtp_tarpit.protocol.events import (
     Help,
     Mail,
     Message,
+    MessagePart,
     NeedData,
     Noop,
     Problem,
@@ -66,6 +67,7 @@ class Limits:
     recipients: int = 100
     reject_bare_newline: bool = False
     junk_commands: int = 100  # NOOP, RSET, VRFY, HELP without a message accepted in between; 0 = no limit
+    data_part: int = 64 * 1024  # message text buffered before it goes out as a MessagePart
 
 
 @dataclass(slots=True)
@@ -82,9 +84,11 @@ class SmtpConnection:
         "_after",
         "_buf",
         "_data_limits",
+        "_data_octets",
+        "_data_refusal",
         "_discarding",
         "_junk",
-        "_oversize",
+        "_line_start",
         "_pending",
         "_sasl_mechanism",
         "_sasl_user",
@@ -108,8 +112,9 @@ class SmtpConnection:
         self._buf = bytearray()
         self._scan = 0
         self._discarding = False
-        self._junk = 0
-        self._oversize = False
+        self._data_octets = 0  # raw octets of the message already given out in parts
+        self._data_refusal: Answer | None = None  # the message's answer is already known: a refusal
+        self._line_start = True  # the buffer begins at the start of a line of message text
         self._junk = 0
         self._pending: Event | None = None
         self._after: State | None = None
@@ -128,11 +133,11 @@ class SmtpConnection:
         if self.state is State.CLOSED:
             return
         self._buf += chunk
-        if self.state is State.DATA and self._oversize and data.END not in self._buf:
-            # Past the size limit keep only the tail that may hold the start of the end marker (never the
+        refused = self.state is State.DATA and self._data_refusal is not None
+        if refused and data.find_end(self._buf, 0, at_start=self._line_start) < 0:
+            # A refused message: keep only the tail that may hold the start of the end marker (never the
             # marker itself, nor the commands after it, when several chunks arrive before next_event).
-            del self._buf[:-4]
-            self._scan = 0
+            self._drop_text()
 
     @property
     def buffered(self) -> int:
@@ -158,7 +163,8 @@ class SmtpConnection:
             event = None if line is None else self._line_event(line)
         if event is None:
             return NEED_DATA
-        self._pending = event
+        if not isinstance(event, MessagePart):  # a part is not answered: the message is, at its end
+            self._pending = event
         return event
 
     def _read_line(self) -> bytes | _TooLong | None:
@@ -178,20 +184,54 @@ class SmtpConnection:
         return line[:-1] if line.endswith(b"\r") else line
 
     def _read_data(self) -> Event | None:
-        # The buffer begins where the text begins until an oversize part is dropped (even if the first
-        # chunk was only "." and the scan has moved on).
-        end = data.find_end(self._buf, self._scan, at_start=not self._oversize)
-        if end < 0:
-            self._scan = len(self._buf)
-            if len(self._buf) > self.limits.message_size + 5:
-                self._oversize = True
-                self._buf = self._buf[-4:]
-                self._scan = 0
+        # The buffer begins at the start of a line until refused text is dropped (even if the first chunk
+        # was only "." and the scan has moved on).
+        end = data.find_end(self._buf, self._scan, at_start=self._line_start)
+        if end >= 0:
+            body = bytes(self._buf[:end])
+            del self._buf[: end + 3]
+            refusal, total = self._data_refusal, self._data_octets + len(body)
+            self._data_refusal, self._data_octets, self._line_start, self._scan = None, 0, True, 0
+            if refusal is None or total > self.limits.message_size:  # the size answer comes first
+                return data.finish(body, total, self._data_limits)
+            return refusal
+        self._scan = len(self._buf)
+        if self._data_refusal is not None:
+            self._drop_text()
+        elif self._data_octets + len(self._buf) > self.limits.message_size + 5:
+            self._refuse_text(data.too_big(self._data_limits))
+        elif len(self._buf) >= self.limits.data_part:
+            return self._message_part()
+        return None
+
+    def _message_part(self) -> Event | None:
+        """Give out the whole lines buffered so far (all but the last, incomplete one)."""
+        cut = self._buf.rfind(b"\r\n") + 2
+        if cut < 2:
+            if len(self._buf) > self.limits.text_line:  # one line, already too long: no need to wait
+                self._refuse_text(data.line_too_long(self._data_limits))
             return None
-        body = bytes(self._buf[:end])
-        del self._buf[: end + 3]
-        oversize, self._oversize, self._scan = self._oversize, False, 0
-        return data.finish(body, oversize, self._data_limits)
+        raw = bytes(self._buf[:cut])
+        del self._buf[:cut]
+        # The rest begins a line (a final "." there still ends the text) and was scanned already.
+        self._line_start, self._scan = True, len(self._buf)
+        self._data_octets += len(raw)
+        event = data.part(raw, self._data_limits)
+        if isinstance(event, Answer):
+            self._refuse_text(event)
+            return None
+        return event
+
+    def _refuse_text(self, refusal: Answer) -> None:
+        self._data_refusal = refusal
+        self._drop_text()
+
+    def _drop_text(self) -> None:
+        if len(self._buf) > 4:  # else nothing goes, and the buffer may still begin a line
+            self._data_octets += len(self._buf) - 4  # still counted: the size answer comes first
+            del self._buf[:-4]
+            self._line_start = False
+        self._scan = 0
 
     # --- commands ----------------------------------------------------------------------------------------
 
@@ -260,11 +300,12 @@ class SmtpConnection:
     def _mail_with_params(self, sender: Address | None, params: dict[str, str | None]) -> Event:
         size: int | None = None
         smtputf8 = "SMTPUTF8" in params
+        eight_bit = False
         for key, value in params.items():
             if key == "SIZE" and value is not None and _is_number(value):
                 size = int(value)
             elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
-                pass
+                eight_bit = value.upper() == "8BITMIME"
             elif (key == "SMTPUTF8" and value is None) or (key == "AUTH" and value is not None):
                 pass  # AUTH=<mailbox> (RFC 4954 section 5) is accepted and not trusted
             else:
@@ -273,7 +314,7 @@ class SmtpConnection:
             return Answer(replies.SIZE_DECLARED_TOO_BIG, Problem.MESSAGE_TOO_BIG)
         if sender is not None and not sender.is_ascii and not smtputf8:
             return Answer(replies.NON_ASCII_ADDRESS, Problem.SYNTAX)
-        return Mail(sender, size, smtputf8)
+        return Mail(sender, size, smtputf8, eight_bit)
 
     def _parse_rcpt(self, argument: str) -> Event:
         if argument[:3].upper() != "TO:":

@@ -41,6 +41,7 @@ class Mail:
     sender: Address | None  # None is the null reverse-path <>
     size: int | None
     smtputf8: bool
+    eight_bit: bool = False  # BODY=8BITMIME declared
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +55,18 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
+class MessagePart:
+    """The first lines of a message still arriving (dot-unstuffed, every line ending in CRLF), so that it
+    can go on to disk or downstream while the rest comes. Not answered: the message's answer goes to its
+    ``Message`` (or to the ``Answer`` that refuses it, which means every part before it is void)."""
+
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """A complete message: dot-unstuffed, every line ending in CRLF, within every limit."""
+    """The end of a message: its last lines (all of it when it came in one go; after ``MessagePart``
+    events, what follows them), dot-unstuffed, every line ending in CRLF, the whole within every limit."""
 
     content: bytes
 
@@ -119,6 +130,7 @@ Event = (
     | Rcpt
     | Data
     | Message
+    | MessagePart
     | Rset
     | Noop
     | Quit

@@ -340,6 +340,7 @@ class Server:
             await self.http.cleanup()
         if self.runtime.verifier is not None:
             await self.runtime.verifier.close()
+        await self.runtime.deliverer.close()
         await self._save_snapshot()
         await self.tarpit.close()
         if self.admin is not None:

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
 from smtp_tarpit.directory.recipients import Verdict
 from smtp_tarpit.policy.decisions import Delay, Disconnect, IPAddress, Pass, SessionFacts, Stage
 from smtp_tarpit.policy.reputation import ClientKeys, Observation
@@ -35,6 +34,7 @@ from smtp_tarpit.protocol.events import (
     Help,
     Mail,
     Message,
+    MessagePart,
     NeedData,
     Noop,
     Problem,
@@ -47,8 +47,9 @@ from smtp_tarpit.protocol.events import (
 from smtp_tarpit.protocol.proxy import ProxyHeaderError, parse_proxy_header
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.deadlines import Waiting, overdue
+from smtp_tarpit.server.message import Incoming, Transaction
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
-from smtp_tarpit.server.trace import Trace, printable, protocol_name, trace_headers
+from smtp_tarpit.server.trace import printable
 
 if TYPE_CHECKING:
     from smtp_tarpit.server.listener import Server
@@ -58,27 +59,7 @@ HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buff
 PROXY_HEADER_TIMEOUT = 10.0  # seconds a balancer has to send its PROXY header (it sends it at once)
 
 
-def _detail(exc: Exception) -> str:
-    return str(exc).replace('"', "'")
-
-
 _OBSERVED = object()  # the error was already observed when it happened (an unknown recipient at its RCPT)
-
-
-class Transaction:
-    __slots__ = ("mailboxes", "recipients", "sender", "smtputf8")
-
-    def __init__(self, sender: str, smtputf8: bool) -> None:
-        self.sender = sender
-        self.smtputf8 = smtputf8
-        self.mailboxes: list[str] = []
-        self.recipients: list[str] = []
-
-    def add(self, pending: tuple[str, str]) -> None:
-        mailbox, recipient = pending
-        if mailbox not in self.mailboxes:
-            self.mailboxes.append(mailbox)
-        self.recipients.append(recipient)
 
 
 class Session(asyncio.Protocol):
@@ -99,6 +80,7 @@ class Session(asyncio.Protocol):
         "hold",
         "hostname",
         "idle",
+        "incoming",
         "keys",
         "label",
         "last_active",
@@ -126,6 +108,7 @@ class Session(asyncio.Protocol):
         self.paused = False
         self.tls_upgrading = False
         self.transaction: Transaction | None = None
+        self.incoming: Incoming | None = None  # the message being received, from 354 to its answer
         self.commands = self.errors = 0
         self.delayed = 0.0
         self.outcome = "disconnect"
@@ -237,6 +220,9 @@ class Session(asyncio.Protocol):
             self.busy = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.incoming is not None:  # gone in the middle of a message: nothing of it is delivered
+            self.incoming.abort()
+            self.incoming = None
         if self.hold is not None:  # the client hung up while we held its reply: how patient was it?
             self.server.stats.hangups.observe(self.server.loop.time() - self.held_since)
         self.server.executor.drop(self)
@@ -298,6 +284,9 @@ class Session(asyncio.Protocol):
                     self._check_by(self.command_since + self.server.runtime.config.limits.command_timeout)
                 return
             self.command_since = 0.0
+            if isinstance(event, MessagePart):  # not answered: on its way while the rest arrives
+                self._message_part(event)
+                continue
             self.commands += 1
             # Which client wait this reply ends (for the policy's caps) and its metrics label.
             stage, self.label = _KINDS[type(event)]
@@ -320,6 +309,7 @@ class Session(asyncio.Protocol):
         wire = self.conn.send(reply)
         if self.conn.in_data and not self.data_since:
             self._data_begins()
+            self._message_begins()
         elif self.data_since and not self.conn.in_data:
             self.data_since, self.data_octets = 0.0, 0
         self.server.stats.reply(reply.code, self.label)
@@ -426,7 +416,9 @@ class Session(asyncio.Protocol):
         assert isinstance(event, Mail)
         if self.server.disk_low:
             return replies.INSUFFICIENT_STORAGE
-        self.transaction = Transaction(str(event.sender) if event.sender else "", event.smtputf8)
+        self.transaction = Transaction(
+            str(event.sender) if event.sender else "", event.smtputf8, event.eight_bit
+        )
         return replies.SENDER_OK
 
     def _on_rcpt(self, event: Event) -> Reply | None:
@@ -480,67 +472,45 @@ class Session(asyncio.Protocol):
             return replies.NO_VALID_RECIPIENTS
         return replies.START_DATA
 
-    def _on_message(self, event: Event) -> Reply | None:
-        assert isinstance(event, Message)
+    def _message_begins(self) -> None:
         transaction, self.transaction = self.transaction, None
         assert transaction is not None
-        conn = self.conn
-        trace = Trace(
-            conn.helo_name,
-            str(self.client),
-            conn.extended,
-            conn.tls_active,
-            conn.authenticated,
-            transaction.smtputf8,
-        )
-        envelope = Envelope(
-            self.server.new_message_id(),
-            transaction.sender,
-            tuple(transaction.mailboxes),
-            tuple(transaction.recipients),
-            client=str(self.client or ""),
-            helo=printable(conn.helo_name, limit=255),
-            protocol=protocol_name(trace),
-            smtputf8=transaction.smtputf8,
-        )
-        hostname = self.server.runtime.config.server.hostname
-        final = self.server.runtime.deliverer.final
-        content = trace_headers(trace, hostname, envelope, return_path=final) + event.content
-        self.server.spawn(self._deliver(envelope, content))
+        runtime = self.server.runtime
+        message_id = self.server.new_message_id()
+        hostname = runtime.config.server.hostname
+        self.incoming = transaction.start(runtime.deliverer, self.conn, self.client, message_id, hostname)
+
+    def _message_part(self, event: MessagePart) -> None:
+        incoming = self.incoming
+        assert incoming is not None
+        incoming.part(event.content)
+        if incoming.backlog > HIGH_WATER and not self.paused and self.transport is not None:
+            # The destination is slower than the client: stop reading until it has caught up.
+            self.transport.pause_reading()
+            self.paused = True
+            self.server.spawn(self._caught_up(incoming))
+
+    async def _caught_up(self, incoming: Incoming) -> None:
+        if incoming.outgoing is not None:
+            await incoming.outgoing.drained()
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _on_message(self, event: Event) -> Reply | None:
+        assert isinstance(event, Message)
+        incoming, self.incoming = self.incoming, None
+        assert incoming is not None
+        self.server.spawn(self._deliver(incoming, event.content))
         return None
 
-    async def _deliver(self, envelope: Envelope, content: bytes) -> None:
-        started = time.monotonic()
-        try:
-            await self.server.runtime.deliverer.deliver(envelope, content)
-        except DownstreamRefusedError as exc:
-            result, reply = (
-                f'refused detail="{_detail(exc)}"',
-                replies.downstream_refused(exc.code, exc.enhanced),
-            )
-        except TargetUnavailableError as exc:
-            result, reply = f'deferred detail="{_detail(exc)}"', replies.TARGET_UNAVAILABLE
-        except DeliveryError as exc:
-            result, reply = f'deferred detail="{_detail(exc)}"', replies.LOCAL_ERROR
-        except Exception:  # never a 250 for a failure, whatever the failure is
-            log.exception("delivery of %s failed unexpectedly", envelope.message_id)
-            result, reply = 'deferred detail="internal error"', replies.LOCAL_ERROR
-        else:
-            result, reply = "delivered", replies.queued(envelope.message_id)
-            if not (self.conn.authenticated or self.exempt):
-                self.server.tarpit.observe(self.keys, Observation.DELIVERED)
+    async def _deliver(self, incoming: Incoming, text: bytes) -> None:
+        reply, result = await incoming.finish(text)
+        if reply.code == 250 and not (self.conn.authenticated or self.exempt):
+            self.server.tarpit.observe(self.keys, Observation.DELIVERED)
         outcome = "accepted" if reply.code == 250 else "refused" if reply.code >= 500 else "deferred"
-        self.server.stats.message(outcome, time.monotonic() - started)
-        log.info(
-            "message id=%s client=%s from=<%s> to=%s size=%d result=%s seconds=%.3f",
-            envelope.message_id,
-            self.client,
-            printable(envelope.sender),
-            ",".join(f"<{printable(r)}>" for r in envelope.recipients),
-            len(content),
-            result,
-            time.monotonic() - started,
-        )
+        self.server.stats.message(outcome, time.monotonic() - incoming.started)
+        incoming.log(result)
         self._finish(reply)
 
     def _on_simple(self, event: Event) -> Reply | None:
@@ -605,6 +575,9 @@ class Session(asyncio.Protocol):
 
     def _on_answer(self, event: Event) -> Reply | None:
         assert isinstance(event, Answer)
+        if self.incoming is not None and self.conn.in_data:  # the message is refused: none of it goes
+            self.incoming.abort()
+            self.incoming = None
         if event.problem is not Problem.CHALLENGE:
             self.observation = Observation.PROTOCOL
         return event.reply
