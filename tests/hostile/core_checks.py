@@ -119,10 +119,13 @@ def expected_outcome(body: bytes, limits: Limits) -> Event:
     if len(body) > limits.message_size:
         return Answer(replies.message_too_big(limits.message_size), Problem.MESSAGE_TOO_BIG)
     lines = body.split(b"\r\n")[:-1]
-    if any(len(line) + 2 > limits.text_line for line in lines):
-        return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
-    if limits.reject_bare_newline and any(b"\r" in line or b"\n" in line for line in lines):
-        return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
+    for line in lines:  # the first offending line decides (a message may come in parts)
+        if len(line) + 2 > limits.text_line:
+            return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
+        if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
+            return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
+        if limits.reject_bare_newline and b"\x00" in line:
+            return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
     unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
     return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))
 

@@ -166,12 +166,6 @@ def _rss_stays_bounded(
     raise AssertionError("the flood neither ended nor stalled within 30 s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replies to pipelined commands pile up in the transport's write buffer when the client does not "
-    "read (no pause_writing/resume_writing flow control): 120,000 pipelined EHLO (1 MB) become ~40 MB "
-    "of buffered replies; wanted: stop reading and answering while unsent replies exceed a bound (or close)",
-)
 def test_pipelined_commands_from_a_client_that_never_reads_keep_memory_bounded(
     make_server: ServerFactory,
 ) -> None:
@@ -220,12 +214,6 @@ def silent_downstream() -> Iterator[int]:
     listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="while a message's delivery is pending (relay mode: up to relay_timeout) every byte the client "
-    "sends is buffered and reading is never paused (the session still counts as in DATA): one client "
-    "pushed 1.9 GB into the server in 6 s; wanted: input bounded as at any other time",
-)
 def test_input_during_a_slow_delivery_keeps_memory_bounded(
     make_server: ServerFactory, silent_downstream: int
 ) -> None:

@@ -169,6 +169,8 @@ def expected_outcome(body: bytes, limits: Limits) -> Event:
             return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
         if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
             return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
+        if limits.reject_bare_newline and b"\x00" in line:
+            return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
     unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
     return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))
 

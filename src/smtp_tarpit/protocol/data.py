@@ -68,7 +68,9 @@ def convert(body: bytes, limits: DataLimits) -> bytes | Answer:
     pairs = body.count(b"\r\n")
     bare = body.count(b"\r") != pairs or body.count(b"\n") != pairs
     too_long = max(map(len, lines), default=0) + 2 > limits.text_line
-    if too_long or (bare and limits.reject_bare_newline):
+    # In "reject" mode a NUL is refused too: a downstream that drops NULs would read CRLF "." CRLF in
+    # CRLF NUL "." CRLF, the one fake end that holds no bare CR or LF.
+    if too_long or (limits.reject_bare_newline and (bare or b"\x00" in body)):
         return _first_problem(lines, limits)
     if b"\r\n." in body or body.startswith(b"."):
         lines = [line[1:] if line.startswith(b".") else line for line in lines]
@@ -87,6 +89,8 @@ def _first_problem(lines: list[bytes], limits: DataLimits) -> Answer:
             return line_too_long(limits)
         if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
             break
+        if limits.reject_bare_newline and b"\x00" in line:
+            return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
     return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
 
 

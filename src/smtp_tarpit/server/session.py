@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from smtp_tarpit.delivery.outgoing import Outgoing
 from smtp_tarpit.directory.recipients import Verdict
 from smtp_tarpit.policy.decisions import Delay, Disconnect, IPAddress, Pass, SessionFacts, Stage
 from smtp_tarpit.policy.reputation import ClientKeys, Observation
@@ -64,6 +65,7 @@ _OBSERVED = object()  # the error was already observed when it happened (an unkn
 
 class Session(asyncio.Protocol):
     __slots__ = (
+        "blocked",
         "busy",
         "client",
         "command_since",
@@ -105,6 +107,7 @@ class Session(asyncio.Protocol):
         self.hold: asyncio.TimerHandle | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.busy = False
+        self.blocked = False  # the transport's write buffer is full: the client is not reading
         self.paused = False
         self.tls_upgrading = False
         self.transaction: Transaction | None = None
@@ -261,10 +264,32 @@ class Session(asyncio.Protocol):
             self.early_talker = True
             self.session_score += self.server.tarpit.observe(self.keys, Observation.EARLY_TALK)
         self.conn.receive_data(data)
-        if self.conn.buffered > HIGH_WATER and not self.paused and not self.conn.in_data:
-            assert self.transport is not None
+        self._pump()
+        if self.conn.buffered > HIGH_WATER and (self.busy or self.blocked):
+            # Input we cannot take now (a held reply, a delivery, a client that does not read our
+            # replies): stop reading until the pump has caught up, so it waits in the kernel, not here.
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
+
+    def _resume(self) -> None:
+        """Read again, unless a message's destination is still behind (``_caught_up`` resumes then)."""
+        backlogged = self.incoming is not None and self.incoming.backlog > HIGH_WATER
+        if self.paused and not backlogged and not self.blocked and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        # The client does not read what we write: answer nothing more (and read nothing more) until it
+        # does, so replies to pipelined commands cannot pile up in our write buffer.
+        self.blocked = True
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.blocked = False
         self._pump()
 
     def eof_received(self) -> bool | None:
@@ -273,12 +298,10 @@ class Session(asyncio.Protocol):
     # --- the pump: one event, one reply -------------------------------------------------------------------
 
     def _pump(self) -> None:
-        while not self.busy and not self.conn.closed and self.transport is not None:
+        while not self.busy and not self.blocked and not self.conn.closed and self.transport is not None:
             event = self.conn.next_event()
             if isinstance(event, NeedData):
-                if self.paused and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
+                self._resume()
                 if self.conn.buffered and not self.conn.in_data and not self.command_since:
                     self.command_since = self.server.loop.time()  # a command line has begun
                     self._check_by(self.command_since + self.server.runtime.config.limits.command_timeout)
@@ -484,18 +507,14 @@ class Session(asyncio.Protocol):
         incoming = self.incoming
         assert incoming is not None
         incoming.part(event.content)
-        if incoming.backlog > HIGH_WATER and not self.paused and self.transport is not None:
+        if incoming.backlog > HIGH_WATER and incoming.outgoing is not None:
             # The destination is slower than the client: stop reading until it has caught up.
-            self.transport.pause_reading()
-            self.paused = True
-            self.server.spawn(self._caught_up(incoming))
+            self._pause()
+            self.server.spawn(self._caught_up(incoming.outgoing))
 
-    async def _caught_up(self, incoming: Incoming) -> None:
-        if incoming.outgoing is not None:
-            await incoming.outgoing.drained()
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+    async def _caught_up(self, outgoing: Outgoing) -> None:
+        await outgoing.drained()
+        self._resume()
 
     def _on_message(self, event: Event) -> Reply | None:
         assert isinstance(event, Message)
