@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: run test test-uvloop lint typecheck system-deps bench clean
+.PHONY: run test test-uvloop lint typecheck system-deps bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -m venv $(VENV) 2>/dev/null || { \
@@ -35,8 +35,8 @@ system-deps:
 	  else echo "not root, not installing:$$missing (the tests that need them will be skipped)"; fi; fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -50,11 +50,24 @@ test-uvloop:
 	.venv-uvloop/bin/pip install -q -e '.[test,fast]'
 	.venv-uvloop/bin/pytest
 
+# Every benchmark, each against its baseline in the same run (about 15 minutes; see bench/README.md).
 bench: $(STAMP) system-deps
-	$(BIN)/python bench/held_connections.py --connections 2000
+	$(BIN)/python bench/held_connections.py --connections 10000
 	$(BIN)/python bench/maildir_rate.py --clients 20 --messages 2000 --runs 3
+	$(BIN)/python bench/fd_limit.py
 	$(BIN)/python bench/harvest_efficacy.py
 	$(BIN)/python bench/relay_rate.py
+	$(BIN)/python bench/store_ops.py
+
+# Coverage-guided fuzzing of the SMTP core (atheris, the `fuzz` extra) for FUZZ_SECONDS, from seeds made of
+# tests/hostile/corpus; new inputs are kept in var/fuzz, a failing one is saved as var/fuzz/crash-<sha1>.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,fuzz]'
+	$(BIN)/python fuzz/fuzz_core.py --seeds var/fuzz-seeds
+	mkdir -p var/fuzz
+	$(BIN)/python fuzz/fuzz_core.py -max_total_time=$(FUZZ_SECONDS) -dict=fuzz/smtp.dict \
+	  -artifact_prefix=var/fuzz/ var/fuzz var/fuzz-seeds
 
 clean:
 	rm -rf $(VENV) .venv-uvloop var build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,21 @@ def test_a_file_in_the_way_is_a_delivery_error(tmp_path: Path) -> None:
         asyncio.run(
             MaildirDeliverer(tmp_path).deliver(Envelope("I", "", ("a@example.test",), ("a",)), b"x\r\n")
         )
+
+
+def test_clean_tmp_removes_our_leftovers_and_stale_files_only(tmp_path: Path) -> None:
+    deliverer = MaildirDeliverer(tmp_path)
+    box = tmp_path / "example.test" / "alice"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True)
+    ours = box / "tmp" / "1700000000.M1P2Q3.host.smtp-tarpit,S=10"
+    fresh_other = box / "tmp" / "1700000000.M1P2Q3.host"  # another writer (Dovecot) in the middle of work
+    stale_other = box / "tmp" / "1600000000.M1P2Q3.host"
+    delivered = box / "new" / "1700000000.M1P2Q4.host.smtp-tarpit,S=10"
+    for path in (ours, fresh_other, stale_other, delivered):
+        path.write_bytes(b"x")
+    old = time.time() - 40 * 3600
+    os.utime(stale_other, (old, old))
+    assert deliverer.clean_tmp() == 2
+    assert sorted(p.name for p in (box / "tmp").iterdir()) == [fresh_other.name]
+    assert delivered.exists()

@@ -12,6 +12,7 @@ Invariants:
 - Never twice within one transaction: each mailbox is linked exactly once per message.
 - A local part becomes a safe directory name: no "/", no NUL, no leading ".", so never ".." (percent-encoded).
 - Lines are stored with LF endings, as Dovecot and Postfix's virtual(8) store them.
+- What a crash leaves in ``tmp/`` is removed at the next start (``clean_tmp``); a reader never sees it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from smtp_tarpit.delivery import DeliveryError, Envelope
 from smtp_tarpit.delivery.outgoing import Outgoing
 
 _UNSAFE = {"/": "%2F", "\x00": "%00", "%": "%25"}
+MARK = ".smtp-tarpit"  # in our own file names: what is left in tmp/ by us is ours to clean
+STALE_TMP = (
+    36 * 3600.0
+)  # seconds: any tmp/ file older is garbage (the Maildir convention, qmail's and Dovecot's)
 
 
 def safe_name(local_part: str) -> str:
@@ -76,6 +81,23 @@ class MaildirDeliverer:
     async def close(self) -> None:
         return None
 
+    def clean_tmp(self) -> int:
+        """At start (no delivery of ours in flight): remove what a crash left in the mailboxes' tmp/ folders,
+        ours by name, anybody's after 36 hours. Never touches new/ or cur/. Returns how many went."""
+        removed, now = 0, time.time()
+        for tmp in self.root.glob("*/*/tmp"):
+            for path in tmp.iterdir():
+                try:
+                    stale = MARK in path.name or now - path.lstat().st_mtime > STALE_TMP
+                    if stale and path.is_file():
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+            if removed:
+                _fsync_dir(tmp)
+        return removed
+
     def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
         return Outgoing(lambda out: self._stream(envelope, head, out))
 
@@ -119,7 +141,7 @@ class MaildirDeliverer:
         count = next(self._counter)
         now = time.time()
         seconds, micros = int(now), int((now % 1) * 1_000_000)
-        return f"{seconds}.M{micros}P{os.getpid()}Q{count}.{self._host},S={size}"
+        return f"{seconds}.M{micros}P{os.getpid()}Q{count}.{self._host}{MARK},S={size}"
 
     def _deliver_sync(self, envelope: Envelope, message: bytes) -> None:
         content = message.replace(b"\r\n", b"\n")

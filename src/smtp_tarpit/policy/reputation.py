@@ -121,7 +121,7 @@ def _count_unknown(
         # one bad host does not flag its neighbours as fast as itself.
         if settings.prefix_weight <= 0:
             return (), state.flagged_until
-        needed = max(1, round(needed / settings.prefix_weight))
+        needed = min(max(1, round(needed / settings.prefix_weight)), MAX_UNKNOWNS)
     recent = tuple(t for t in state.unknowns if now - t < settings.harvest_window)
     unknowns = (*recent, now)[-needed:]
     flagged_until = state.flagged_until

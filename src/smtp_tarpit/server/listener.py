@@ -40,6 +40,7 @@ from smtp_tarpit.state.open import open_store
 log = logging.getLogger("smtp_tarpit.server")
 PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
 OVERLOAD_ON, OVERLOAD_OFF = 0.9, 0.8  # of the connection limit
+ACCEPT_WARN_EVERY = 10.0  # seconds between warnings while descriptors are exhausted
 DISK_CHECK_EVERY = 5.0  # seconds between free-space checks of the Maildir's file system
 
 
@@ -52,15 +53,28 @@ def _free_space(root: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
+def descriptor_limit() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1_000_000 if soft == resource.RLIM_INFINITY else soft
+
+
+def listen_backlog(descriptors: int) -> int:
+    """The listen queue: connections the kernel holds for us at a peak (the kernel caps it at somaxconn).
+    asyncio also accepts up to this many in one go, so it must fit under the descriptor limit."""
+    return min(4096, max(128, descriptors // 8))
+
+
 def connection_limit(configured: int) -> int:
-    """``[limits] max_connections``, or for 0 the descriptor limit less a reserve (a tenth, at most 1000)
-    for message files, DNS sockets, downstream connections and the listeners themselves."""
+    """``[limits] max_connections``, or for 0 the descriptor limit less a reserve: one accept burst
+    (the listen backlog: asyncio accepts that many before a session can refuse with 421) plus a tenth,
+    at most 1000, for message files, DNS sockets, downstream connections and the listeners themselves.
+    Descriptors then never run out, which asyncio handles badly (a log line and a retry timer for each
+    connection left in the backlog, every second)."""
     if configured:
         return configured
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1_000_000
-    return max(soft - min(1000, max(32, soft // 10)), 1)
+    descriptors = descriptor_limit()
+    reserve = listen_backlog(descriptors) + min(1000, max(32, descriptors // 10))
+    return max(descriptors - reserve, 1)
 
 
 def split_listen(text: str) -> tuple[str, int]:
@@ -103,11 +117,16 @@ class Server:
 
     async def start(self) -> list[tuple[str, int]]:
         """Open every listener; return the (host, port) pairs actually bound (port 0 picks a free one)."""
+        self._quiet_accept_errors()
         bound = []
         for text in self.runtime.config.server.listen:
             host, port = split_listen(text)
             server = await self.loop.create_server(
-                lambda: Session(self), host, port, reuse_address=True, backlog=4096
+                lambda: Session(self),
+                host,
+                port,
+                reuse_address=True,
+                backlog=listen_backlog(descriptor_limit()),
             )
             self.listeners.append(server)
             for sock in server.sockets:
@@ -116,6 +135,7 @@ class Server:
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
         await self._restore_snapshot()
+        await self._clean_tmp()
         self._check_disk()
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
         if self.runtime.config.admin.listen:
@@ -124,6 +144,27 @@ class Server:
 
             self.http = await http_admin.start(self, self.runtime.config.admin.listen)
         return bound
+
+    def _quiet_accept_errors(self) -> None:
+        """Out of descriptors, asyncio logs an error with a traceback for every failed accept (thousands a
+        second, CPython gh-151615): one warning per episode instead, and a count."""
+        loop, last = self.loop, [-ACCEPT_WARN_EVERY]
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if not str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+                loop.default_exception_handler(context)
+                return
+            self.stats.cap("descriptors")
+            if loop.time() - last[0] >= ACCEPT_WARN_EVERY:
+                last[0] = loop.time()
+                log.warning(
+                    "accept: out of system resource (%s, %d sessions): new clients wait in the listen "
+                    "backlog; raise RLIMIT_NOFILE or lower [limits] max_connections",
+                    context.get("exception"),
+                    len(self.sessions),
+                )
+
+        loop.set_exception_handler(handler)
 
     def admit(self, session: Session) -> Reply | None:
         """None to admit the session, or the 421 to refuse it with."""
@@ -205,6 +246,18 @@ class Server:
         if interval and self.loop.time() - self._snapshot_at >= interval:
             self.spawn(self._save_snapshot())
         self._purger = self.loop.call_later(min(PURGE_EVERY, interval or PURGE_EVERY), self._purge)
+
+    async def _clean_tmp(self) -> None:
+        deliverer = self.runtime.deliverer
+        if not isinstance(deliverer, MaildirDeliverer):
+            return
+        try:
+            removed = await asyncio.to_thread(deliverer.clean_tmp)
+        except OSError as exc:
+            log.warning("could not clean the Maildirs' tmp folders: %s", exc)
+            return
+        if removed:
+            log.info("removed %d unfinished files from the Maildirs' tmp folders (left by a crash)", removed)
 
     def _check_disk(self) -> None:
         self._disk_timer = self.loop.call_later(DISK_CHECK_EVERY, self._check_disk)
