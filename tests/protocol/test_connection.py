@@ -882,3 +882,12 @@ def test_an_accepted_message_resets_the_junk_count() -> None:
 def test_junk_limit_zero_means_no_limit() -> None:
     dialogue = greeted(Limits(junk_commands=0))
     assert set(dialogue.codes(b"NOOP\r\n" * 500)) == {"250 2.0.0"}
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"CONNECT mx.example.test:25 HTTP/1.1"])
+def test_an_http_request_on_the_smtp_port_is_closed_at_once(line: bytes) -> None:
+    dialogue = Dialogue()
+    assert dialogue.say(line + b"\r\nHost: x\r\n\r\n") == [
+        "421 4.7.0 This is an SMTP server, not a web server or proxy; closing connection"
+    ]
+    assert dialogue.conn.closed

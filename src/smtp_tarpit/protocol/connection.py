@@ -251,6 +251,10 @@ class SmtpConnection:
         # ASCII only: str.upper() would turn lookalikes such as "MA\u0131L" into a verb.
         verb = VERBS.get(word.upper().encode()) if word.isascii() else None
         if verb is None:
+            if word.upper() in _NOT_SMTP:
+                # An HTTP request or proxy probe (Postfix's smtpd_forbidden_commands): nobody who speaks
+                # SMTP sends these; close at once rather than answer it command after command.
+                return Answer(replies.NOT_SMTP, Problem.UNKNOWN_COMMAND)
             return Answer(replies.UNKNOWN_COMMAND, Problem.UNKNOWN_COMMAND)
         refusal, after = lookup(self.state, verb)
         if verb is Verb.STARTTLS and refusal is None:
@@ -500,6 +504,7 @@ def _is_number(text: str) -> bool:
 
 
 _JUNK = frozenset((Verb.NOOP, Verb.RSET, Verb.VRFY, Verb.HELP))
+_NOT_SMTP = frozenset(("GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"))
 
 _PARSERS: dict[Verb, Callable[[SmtpConnection, str], Event]] = {
     Verb.HELO: SmtpConnection._parse_helo,

@@ -132,6 +132,7 @@ AUTH_TEMPORARY_FAILURE = _r(454, "4.7.0", "Temporary authentication failure")
 
 # 5xx: permanent; these are what the seed tar pit delays.
 UNKNOWN_COMMAND = _r(500, "5.5.1", "Command unrecognized")
+NOT_SMTP = _r(421, "4.7.0", "This is an SMTP server, not a web server or proxy; closing connection")
 NOT_IMPLEMENTED = _r(502, "5.5.1", "Command not implemented")
 NEED_HELO = _r(503, "5.5.1", "Send HELO or EHLO first")
 NESTED_MAIL = _r(503, "5.5.1", "Sender already specified")

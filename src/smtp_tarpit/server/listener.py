@@ -10,6 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import itertools
 import logging
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from smtp_tarpit.auth.passwords import Users
 from smtp_tarpit.config import ConfigError, load
 from smtp_tarpit.delivery.maildir import MaildirDeliverer
 from smtp_tarpit.observability.metrics import Stats
@@ -41,6 +43,7 @@ log = logging.getLogger("smtp_tarpit.server")
 PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
 OVERLOAD_ON, OVERLOAD_OFF = 0.9, 0.8  # of the connection limit
 ACCEPT_WARN_EVERY = 10.0  # seconds between warnings while descriptors are exhausted
+PASSWORD_CHECKS = 2  # password checks (scrypt) running at once
 DISK_CHECK_EVERY = 5.0  # seconds between free-space checks of the Maildir's file system
 
 
@@ -103,6 +106,7 @@ class Server:
         self.per_client: dict[IPAddress | None, int] = {}
         self._purger: asyncio.TimerHandle | None = None
         self._snapshot_at = loop.time()
+        self._password_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.disk_low = False  # MAIL gets 452 4.3.1 while the Maildir's file system is nearly full
         self._disk_timer: asyncio.TimerHandle | None = None
         self.admin: asyncio.Server | None = None
@@ -314,6 +318,15 @@ class Server:
             return
         log.info("saved %d client records to %s", count, path)
 
+    async def check_password(self, users: Users, username: str, password: str) -> bool:
+        """scrypt (16 MiB, tens of ms) in a pool of its own, two at a time: a brute force waits its turn
+        and never delays Maildir writes, which use asyncio's default pool."""
+        if self._password_pool is None:
+            self._password_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=PASSWORD_CHECKS, thread_name_prefix="password"
+            )
+        return await self.loop.run_in_executor(self._password_pool, users.check, username, password)
+
     def new_message_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):06X}"
 
@@ -394,6 +407,8 @@ class Server:
         if self.runtime.verifier is not None:
             await self.runtime.verifier.close()
         await self.runtime.deliverer.close()
+        if self._password_pool is not None:
+            self._password_pool.shutdown(wait=False, cancel_futures=True)
         await self._save_snapshot()
         await self.tarpit.close()
         if self.admin is not None:

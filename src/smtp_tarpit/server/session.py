@@ -576,7 +576,7 @@ class Session(asyncio.Protocol):
         ok = False
         try:
             if users is not None and event.authzid in ("", event.username):
-                ok = await asyncio.to_thread(users.check, event.username, event.password)
+                ok = await self.server.check_password(users, event.username, event.password)
         except Exception:
             log.exception("password check for %s failed unexpectedly", self.client)
             self._finish(replies.AUTH_TEMPORARY_FAILURE)
