@@ -245,11 +245,10 @@ def joined(events: list[Event]) -> list[Event]:
         if isinstance(event, MessagePart):
             parts += event.content
             continue
-        if isinstance(event, Message):
-            event = Message(bytes(parts) + event.content)
+        whole = Message(bytes(parts) + event.content) if isinstance(event, Message) else event
         if isinstance(event, (Message, Answer)):
             parts.clear()
-        result.append(event)
+        result.append(whole)
     return result
 
 
