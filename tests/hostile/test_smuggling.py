@@ -40,6 +40,8 @@ SMUGGLED = (
 TRANSACTION = b"MAIL FROM:<sender@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
 START = b"250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
 CLEAN = TRANSACTION.replace(b"alice", b"bob") + b"Subject: clean\r\n\r\nclean\r\n.\r\n"
+
+
 # The NUL vector holds no bare CR or LF: "reject" refuses it with its own reply.
 def refusal(vector: str) -> bytes:
     return (replies.NUL_IN_TEXT if b"\x00" in VECTORS[vector][0] else replies.BARE_NEWLINE).wire

@@ -884,7 +884,9 @@ def test_junk_limit_zero_means_no_limit() -> None:
     assert set(dialogue.codes(b"NOOP\r\n" * 500)) == {"250 2.0.0"}
 
 
-@pytest.mark.parametrize("line", [b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"CONNECT mx.example.test:25 HTTP/1.1"])
+@pytest.mark.parametrize(
+    "line", [b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"CONNECT mx.example.test:25 HTTP/1.1"]
+)
 def test_an_http_request_on_the_smtp_port_is_closed_at_once(line: bytes) -> None:
     dialogue = Dialogue()
     assert dialogue.say(line + b"\r\nHost: x\r\n\r\n") == [
