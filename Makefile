@@ -58,6 +58,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/harvest_efficacy.py
 	$(BIN)/python bench/relay_rate.py
 	$(BIN)/python bench/store_ops.py
+	$(BIN)/python bench/store_latency.py
 
 # Coverage-guided fuzzing of the SMTP core (atheris, the `fuzz` extra) for FUZZ_SECONDS, from seeds made of
 # tests/hostile/corpus; new inputs are kept in var/fuzz, a failing one is saved as var/fuzz/crash-<sha1>.
