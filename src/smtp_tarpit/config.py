@@ -130,6 +130,7 @@ class LimitsConfig(Section):
     idle_timeout: Seconds = Field(default=300.0, ge=1, le=3600)
     max_connections: int = Field(default=0, ge=0, le=1_000_000)  # 0: the descriptor limit less a reserve
     connections_per_client: int = Field(default=50, ge=1, le=1_000_000)
+    connections_per_network: int = Field(default=0, ge=0, le=1_000_000)
     max_tarpitted: int = Field(default=10_000, ge=1, le=1_000_000)
     junk_commands: int = Field(default=100, ge=0, le=100_000)
     command_timeout: Seconds = Field(default=60.0, ge=1, le=3600)

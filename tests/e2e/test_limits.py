@@ -99,3 +99,29 @@ def test_overload_mode_on_shortens_timeouts_and_closes_at_the_first_error(make_s
         started = time.monotonic()
         assert reader.readline().startswith(b"421 4.4.2 Idle timeout")
         assert time.monotonic() - started < 3.0
+
+
+def test_connections_per_network_counts_the_whole_prefix(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits={"connections_per_network": 2})
+    opened = []
+    try:
+        for source in ("127.0.1.2", "127.0.1.3"):  # two hosts of one /24
+            sock = socket.create_connection(
+                (server.host, server.port), timeout=10, source_address=(source, 0)
+            )
+            opened.append(sock)
+            assert sock.recv(200).startswith(b"220 ")
+        third = socket.create_connection(
+            (server.host, server.port), timeout=10, source_address=("127.0.1.4", 0)
+        )
+        with third:
+            assert third.recv(200) == b"421 4.7.0 Too many connections, please try again later\r\n"
+        other = socket.create_connection(
+            (server.host, server.port), timeout=10, source_address=("127.0.2.5", 0)
+        )
+        with other:  # another network is not counted with them
+            assert other.recv(200).startswith(b"220 ")
+    finally:
+        for sock in opened:
+            sock.close()
+    server.wait_for_log(r"refused client=127\.0\.1\.4 reason=connections_per_network")

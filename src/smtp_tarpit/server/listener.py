@@ -104,6 +104,7 @@ class Server:
         self.overloaded = runtime.config.limits.overload == "on"
         self.tarpit.overloaded = self.overloaded
         self.per_client: dict[IPAddress | None, int] = {}
+        self.per_network: dict[str, int] = {}  # sessions per client prefix ([reputation] prefix_v4/v6)
         self._purger: asyncio.TimerHandle | None = None
         self._snapshot_at = loop.time()
         self._password_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -182,6 +183,10 @@ class Server:
             refusal, reason = replies.TOO_MANY_CONNECTIONS, "max_connections"
         elif self.per_client.get(session.client, 0) >= limits.connections_per_client:
             refusal, reason = replies.TOO_MANY_CONNECTIONS, "connections_per_client"
+        elif (
+            limits.connections_per_network and self._network_count(session) >= limits.connections_per_network
+        ):
+            refusal, reason = replies.TOO_MANY_CONNECTIONS, "connections_per_network"
         if refusal is not None:
             self.stats.cap(reason)
             log.info("refused client=%s reason=%s reply=%d", session.client, reason, refusal.code)
@@ -189,8 +194,13 @@ class Server:
         self.stats.sessions += 1
         self.sessions.add(session)
         self.per_client[session.client] = self.per_client.get(session.client, 0) + 1
+        if session.keys is not None:
+            self.per_network[session.keys.prefix] = self.per_network.get(session.keys.prefix, 0) + 1
         self._check_load()
         return None
+
+    def _network_count(self, session: Session) -> int:
+        return 0 if session.keys is None else self.per_network.get(session.keys.prefix, 0)
 
     def forget(self, session: Session) -> None:
         if session in self.sessions:
@@ -200,6 +210,12 @@ class Server:
                 self.per_client[session.client] = left
             else:
                 self.per_client.pop(session.client, None)
+            if session.keys is not None:
+                prefix = session.keys.prefix
+                if self.per_network.get(prefix, 1) > 1:
+                    self.per_network[prefix] -= 1
+                else:
+                    self.per_network.pop(prefix, None)
             self._check_load()
 
     @property
