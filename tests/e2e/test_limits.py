@@ -125,3 +125,21 @@ def test_connections_per_network_counts_the_whole_prefix(make_server) -> None:  
         for sock in opened:
             sock.close()
     server.wait_for_log(r"refused client=127\.0\.1\.4 reason=connections_per_network")
+
+
+def test_hundreds_of_hostile_sessions_do_not_lock_their_address_out_under_the_seed_tar_pit(
+    make_server,
+) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(tarpit={"delay": 0.01})  # the seed: a delay before every 5xx, nothing remembered
+    hostile = (
+        b"EHLO bot.test\r\nMAIL FROM:<x@bot.test>\r\nRCPT TO:<nobody@example.test>\r\n"
+        b"RCPT TO:<victim@elsewhere.test>\r\nBOGUS\r\nVRFY root\r\nQUIT\r\n"
+    )
+    for _ in range(200):
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(hostile)
+            while sock.recv(4096):
+                pass
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        assert smtp.sendmail("s@remote.test", ["alice@example.test"], b"Subject: clean\r\n\r\nhi\r\n") == {}
+    assert len(server.messages()) == 1
