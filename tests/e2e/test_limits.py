@@ -143,3 +143,20 @@ def test_hundreds_of_hostile_sessions_do_not_lock_their_address_out_under_the_se
     with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
         assert smtp.sendmail("s@remote.test", ["alice@example.test"], b"Subject: clean\r\n\r\nhi\r\n") == {}
     assert len(server.messages()) == 1
+
+
+def test_overload_mode_engages_above_90_percent_and_ends_below_80(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits={"max_connections": 10, "connections_per_client": 10})
+    opened = []
+    try:
+        for _ in range(9):
+            sock = socket.create_connection((server.host, server.port), timeout=10)
+            assert sock.recv(200).startswith(b"220 ")
+            opened.append(sock)
+        server.wait_for_log(r"overload: 9 of 10 connections: new sessions get idle timeout 10s")
+        for sock in opened[:2]:
+            sock.close()
+        server.wait_for_log(r"overload over: 7 of 10 connections")
+    finally:
+        for sock in opened:
+            sock.close()

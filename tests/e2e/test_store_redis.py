@@ -5,6 +5,7 @@ Real redis-server processes (tests/state/redis_server.py), real smtp-tarpit proc
 
 from __future__ import annotations
 
+import json
 import smtplib
 import time
 from collections.abc import Iterator
@@ -134,4 +135,32 @@ def test_a_stopped_redis_fails_fast_and_mail_flows(tmp_path: Path, redis_server:
         assert len(server.messages()) == 3
         server.wait_for_log(r"client store redis://\S+ failed")
     finally:
+        server.stop()
+
+
+def test_what_was_seen_while_redis_was_away_reaches_it_when_it_is_back(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    server = _start(tmp_path / "a", redis_server, harvest={"threshold": 100})
+    try:
+        with smtplib.SMTP(server.host, server.port, timeout=30, source_address=(HARVESTER, 0)) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("s@remote.test")
+            redis_server.pause()
+            codes = [smtp.rcpt(f"away{i}@example.test")[0] for i in range(5)]  # kept locally meanwhile
+            time.sleep(STORE_TIMEOUT * 2)  # their writes time out: the server sees the outage
+            redis_server.resume()
+            time.sleep(1.2)  # past store_retry_after
+            codes.append(smtp.rcpt("back@example.test")[0])  # the first write after the outage
+        assert codes == [550] * 6
+        key = f"smtp-tarpit:ip:{HARVESTER}"
+        deadline = time.monotonic() + 5
+        seen = 0
+        while time.monotonic() < deadline and seen < 6:
+            raw = client(redis_server.port).get(key)
+            seen = json.loads(raw)["c"].get("unknown-recipient", 0) if raw else 0
+            time.sleep(0.05)
+        assert seen == 6  # the five from the outage were merged in, not replaced by the store's answer
+    finally:
+        redis_server.resume()
         server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,14 +55,23 @@ def test_clean_tmp_removes_our_leftovers_and_stale_files_only(tmp_path: Path) ->
     box = tmp_path / "example.test" / "alice"
     for sub in ("tmp", "new", "cur"):
         (box / sub).mkdir(parents=True)
-    ours = box / "tmp" / "1700000000.M1P2Q3.host.smtp-tarpit,S=10"
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that crashed: its PID is free
+
+    def ours(pid: int, count: int) -> Path:
+        return box / "tmp" / f"1700000000.M1P{pid}Q{count}.{deliverer._host}.smtp-tarpit,S=10"
+
+    crashed = ours(gone.pid, 1)
+    live_other = ours(os.getppid(), 2)  # another smtp-tarpit process, still writing
+    mine = ours(os.getpid(), 3)  # this process's own delivery in flight
     fresh_other = box / "tmp" / "1700000000.M1P2Q3.host"  # another writer (Dovecot) in the middle of work
     stale_other = box / "tmp" / "1600000000.M1P2Q3.host"
-    delivered = box / "new" / "1700000000.M1P2Q4.host.smtp-tarpit,S=10"
-    for path in (ours, fresh_other, stale_other, delivered):
+    delivered = box / "new" / f"1700000000.M1P{gone.pid}Q4.{deliverer._host}.smtp-tarpit,S=10"
+    for path in (crashed, live_other, mine, fresh_other, stale_other, delivered):
         path.write_bytes(b"x")
     old = time.time() - 40 * 3600
     os.utime(stale_other, (old, old))
     assert deliverer.clean_tmp() == 2
-    assert sorted(p.name for p in (box / "tmp").iterdir()) == [fresh_other.name]
+    kept = {path.name for path in (box / "tmp").iterdir()}
+    assert kept == {live_other.name, mine.name, fresh_other.name}
     assert delivered.exists()

@@ -1,9 +1,10 @@
-"""LMTP delivery (RFC 2033): forward each accepted message, in the client's own session, to an LMTP server.
+"""LMTP delivery (RFC 2033): forward each accepted message, in step with its session, to an LMTP server.
 
 ``[delivery] relay = "lmtp://host:port"`` or ``"lmtp:/path/to/socket"`` (a Unix socket), e.g. Dovecot's or
 Cyrus's LMTP service. Like the SMTP relay (``relay.py``), the transaction (LHLO, MAIL, one RCPT per accepted
-recipient, DATA) runs when the client's message is complete and nothing is queued here; the difference is
-LMTP's answer after the data: one reply per accepted recipient, in RCPT order.
+recipient, DATA) opens at the client's 354 (``begin``), the text goes downstream as it arrives, and nothing
+is queued here; the difference is LMTP's answer after the data: one reply per accepted recipient, in RCPT
+order.
 
 Why a client of our own: aiosmtplib has no LMTP; the standard library's ``smtplib.LMTP`` is blocking (a
 thread per delivery, and its timeouts are per socket operation, not per command); no maintained asyncio

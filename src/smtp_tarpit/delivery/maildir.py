@@ -21,6 +21,7 @@ import asyncio
 import errno
 import itertools
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -31,9 +32,8 @@ from smtp_tarpit.delivery.outgoing import Outgoing
 
 _UNSAFE = {"/": "%2F", "\x00": "%00", "%": "%25"}
 MARK = ".smtp-tarpit"  # in our own file names: what is left in tmp/ by us is ours to clean
-STALE_TMP = (
-    36 * 3600.0
-)  # seconds: any tmp/ file older is garbage (the Maildir convention, qmail's and Dovecot's)
+_OURS = re.compile(r"\d+\.M\d+P(?P<pid>\d+)Q\d+\.(?P<host>.+)\.smtp-tarpit(,S=\d+)?")
+STALE_TMP = 36 * 3600.0  # seconds: any tmp/ file older is garbage (the Maildir convention)
 
 
 def safe_name(local_part: str) -> str:
@@ -82,13 +82,15 @@ class MaildirDeliverer:
         return None
 
     def clean_tmp(self) -> int:
-        """At start (no delivery of ours in flight): remove what a crash left in the mailboxes' tmp/ folders,
-        ours by name, anybody's after 36 hours. Never touches new/ or cur/. Returns how many went."""
+        """At start: remove what a crash left in the mailboxes' tmp/ folders: ours (by name, written on this
+        host by a process that is gone), and anybody's after 36 hours. Another smtp-tarpit process at work
+        on the same Maildirs keeps its files (its PID is alive). Never touches new/ or cur/. Returns how
+        many went."""
         removed, now = 0, time.time()
         for tmp in self.root.glob("*/*/tmp"):
             for path in tmp.iterdir():
                 try:
-                    stale = MARK in path.name or now - path.lstat().st_mtime > STALE_TMP
+                    stale = self._left_by_a_crash(path.name) or now - path.lstat().st_mtime > STALE_TMP
                     if stale and path.is_file():
                         path.unlink()
                         removed += 1
@@ -97,6 +99,21 @@ class MaildirDeliverer:
             if removed:
                 _fsync_dir(tmp)
         return removed
+
+    def _left_by_a_crash(self, name: str) -> bool:
+        found = _OURS.fullmatch(name)
+        if found is None or found["host"] != self._host:
+            return False
+        pid = int(found["pid"])
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, someone else's
+        return False
 
     def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
         return Outgoing(lambda out: self._stream(envelope, head, out))

@@ -123,6 +123,7 @@ class Server:
     async def start(self) -> list[tuple[str, int]]:
         """Open every listener; return the (host, port) pairs actually bound (port 0 picks a free one)."""
         self._quiet_accept_errors()
+        await self._clean_tmp()  # before the first client: nothing of ours is in flight yet
         bound = []
         for text in self.runtime.config.server.listen:
             host, port = split_listen(text)
@@ -140,7 +141,6 @@ class Server:
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
         await self._restore_snapshot()
-        await self._clean_tmp()
         self._check_disk()
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
         if self.runtime.config.admin.listen:

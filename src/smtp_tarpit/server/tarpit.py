@@ -158,6 +158,12 @@ class Tarpit:
                 self.unsynced.add(key)
                 return
             local = self.store.get(key)
+            if key in self.unsynced:
+                # The store is back and this key holds what was seen here while it was away: keep both
+                # sides (the store's answer lacks them), and give the store what it missed.
+                self.unsynced.discard(key)
+                state = merge(local, state, self.now(), self.settings)
+                self._write(keys, key, functools.partial(merge, state, now=now, settings=self.settings), now)
             # A later observation of this host may already be in the local copy (its own write is on the
             # way and carries it): an older answer must not wipe it out.
             if state.at >= local.at:
