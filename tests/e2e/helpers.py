@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,22 +164,23 @@ def start_server(folder: Path, overrides: dict[str, dict[str, Any]] | None = Non
     return server
 
 
-def _send_until_stopped(
-    server: RunningServer, worker: int, acked: dict[str, bytes], stop: threading.Event
+def send_until_stopped(
+    server: RunningServer,
+    worker: int,
+    acked: dict[str, bytes],
+    stop: threading.Event,
+    *,
+    filler: Callable[[int], bytes] = lambda number: (b"x" * 70 + b"\r\n") * 50,
+    prefix: str = "",
 ) -> None:
+    """Send messages to alice, one connection each, until ``stop`` or the server goes away; record message
+    id -> marker for every 250. Message ``number`` is ``filler(number)`` between its Subject and its last
+    line, ``END-<marker>``."""
     number = 0
     while not stop.is_set():
         number += 1
-        marker = f"w{worker}n{number}".encode()
-        body = (
-            b"Subject: crash "
-            + marker
-            + b"\r\n\r\n"
-            + (b"x" * 70 + b"\r\n") * 50
-            + b"END-"
-            + marker
-            + b"\r\n"
-        )
+        marker = f"{prefix}w{worker}n{number}".encode()
+        body = b"Subject: crash " + marker + b"\r\n\r\n" + filler(number) + b"END-" + marker + b"\r\n"
         try:
             with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
                 smtp.ehlo("client.example")
@@ -199,7 +201,7 @@ def kill_while_sending(server: RunningServer, minimum: int, within: float) -> di
     each message ends with the line ``END-<marker>``."""
     acked: dict[str, bytes] = {}
     stop = threading.Event()
-    workers = [threading.Thread(target=_send_until_stopped, args=(server, n, acked, stop)) for n in range(4)]
+    workers = [threading.Thread(target=send_until_stopped, args=(server, n, acked, stop)) for n in range(4)]
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + within

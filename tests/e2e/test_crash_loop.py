@@ -6,7 +6,6 @@ in the Maildir's tmp/ is cleaned at the next start. In Maildir mode and in relay
 from __future__ import annotations
 
 import re
-import smtplib
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 from tests.e2e import downstream
 from tests.e2e.downstream import PostfixInstance
-from tests.e2e.helpers import RunningServer, start_server
+from tests.e2e.helpers import send_until_stopped, start_server
 
 make_postfix = downstream.make_postfix
 postfix = downstream.postfix
@@ -24,25 +23,8 @@ SENDERS = 4
 LONG = (b"y" * 70 + b"\r\n") * 3000  # ~216 KB: goes out in parts, so crashes catch it half-written
 
 
-def _sender(server: RunningServer, worker: int, acked: dict[str, bytes], stop: threading.Event) -> None:
-    number = 0
-    while not stop.is_set():
-        number += 1
-        marker = f"c{id(server) % 997}w{worker}n{number}".encode()
-        filler = LONG if number % 3 == 0 else (b"x" * 70 + b"\r\n") * 20
-        body = b"Subject: crash " + marker + b"\r\n\r\n" + filler + b"END-" + marker + b"\r\n"
-        try:
-            with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
-                smtp.ehlo("client.example")
-                smtp.mail("s@remote.test")
-                smtp.rcpt("alice@example.test")
-                code, text = smtp.data(body)
-        except (OSError, smtplib.SMTPException):
-            return
-        if code == 250:
-            found = re.search(rb"queued as (\w+)", text)
-            assert found is not None
-            acked[found.group(1).decode()] = marker
+def _filler(number: int) -> bytes:
+    return LONG if number % 3 == 0 else (b"x" * 70 + b"\r\n") * 20
 
 
 def _crash_cycles(folder: Path, overrides: dict[str, dict[str, Any]]) -> dict[str, bytes]:
@@ -54,7 +36,14 @@ def _crash_cycles(folder: Path, overrides: dict[str, dict[str, Any]]) -> dict[st
             assert _tmp_files(folder) == []
         stop = threading.Event()
         before = len(acked)
-        workers = [threading.Thread(target=_sender, args=(server, n, acked, stop)) for n in range(SENDERS)]
+        workers = [
+            threading.Thread(
+                target=send_until_stopped,
+                args=(server, n, acked, stop),
+                kwargs={"filler": _filler, "prefix": f"c{cycle}"},
+            )
+            for n in range(SENDERS)
+        ]
         for worker in workers:
             worker.start()
         deadline = time.monotonic() + 15

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import re
 from dataclasses import dataclass
 
 from smtp_tarpit.delivery import DeliveryError, DownstreamRefusedError, Envelope, TargetUnavailableError
-from smtp_tarpit.delivery.outgoing import AbortedError, Outgoing
+from smtp_tarpit.delivery.outgoing import Outgoing
 from smtp_tarpit.delivery.relay import DownstreamDeliverer, RelayTarget, enhanced_code
 
 MAX_REPLY_LINE = 4096  # octets; RFC 5321 allows 512, servers' help texts run longer
@@ -127,25 +126,14 @@ class LmtpDeliverer(DownstreamDeliverer):
             raise ValueError(f"not an LMTP target: {target}")
         super().__init__(target, hostname=hostname, timeout=timeout, connections=connections)
 
-    early = True  # the downstream transaction opens at the client's 354
-
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        if not message.isascii():
-            envelope = dataclasses.replace(envelope, eight_bit=True)
-        await self.begin(envelope, b"").finish(message)
-
-    def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
-        return Outgoing(lambda out: self._relay(envelope, head, out))
-
     async def _relay(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
         async with self.slot():
             connection, extensions = await self._connect()
+            # Left False on an abort too: closed without QUIT or the final dot, the downstream discards it.
             in_step = False
             try:
                 await _transaction(connection, extensions, envelope, head, out)
                 in_step = True
-            except AbortedError:
-                raise  # closed without the final dot: the downstream discards the transaction
             except LmtpProtocolError as exc:
                 raise DeliveryError(f"downstream {self.target} broke the protocol: {exc}") from exc
             except (OSError, TimeoutError, EOFError) as exc:

@@ -130,6 +130,20 @@ class DownstreamDeliverer:
     def mark_down(self) -> None:
         self._down_until = time.monotonic() + DOWN_FOR
 
+    early = True  # the downstream transaction opens at the client's 354
+
+    async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        if not message.isascii():
+            envelope = dataclasses.replace(envelope, eight_bit=True)
+        await self.begin(envelope, b"").finish(message)
+
+    def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
+        return Outgoing(lambda out: self._relay(envelope, head, out))
+
+    async def _relay(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
+        """One transaction downstream: open it, send ``head`` and the parts of ``out``, end it."""
+        raise NotImplementedError
+
     def slot(self) -> asyncio.Semaphore:
         """The bound on downstream connections (made lazily: it belongs to the running loop)."""
         if self._slots is None:
@@ -138,8 +152,6 @@ class DownstreamDeliverer:
 
 
 class RelayDeliverer(DownstreamDeliverer):
-    early = True  # the downstream transaction opens at the client's 354
-
     def __init__(
         self,
         target: RelayTarget,
@@ -152,14 +164,6 @@ class RelayDeliverer(DownstreamDeliverer):
         super().__init__(target, hostname=hostname, timeout=timeout, connections=connections)
         self.tls_context = tls_context
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # pooled connections, with when they were left
-
-    async def deliver(self, envelope: Envelope, message: bytes) -> None:
-        if not message.isascii():
-            envelope = dataclasses.replace(envelope, eight_bit=True)
-        await self.begin(envelope, b"").finish(message)
-
-    def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
-        return Outgoing(lambda out: self._relay(envelope, head, out))
 
     async def _relay(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
         async with self.slot():
