@@ -6,9 +6,11 @@ addresses; each is judged by its own address (the one HAProxy saw), not the bala
 
 from __future__ import annotations
 
+import json
 import shutil
 import smtplib
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from tests.e2e.helpers import RunningServer, start_server
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 
 HARVESTER, SENDER, PROBE = "127.0.1.2", "127.0.2.3", "127.0.3.4"
+STATE_DB = "state.db"
 
 
 def _free_port() -> int:
@@ -31,7 +34,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def balanced(tmp_path: Path) -> Iterator[tuple[int, list[RunningServer]]]:
-    store = f"sqlite://{tmp_path / 'state.db'}"  # one file, two processes: the shared view of one host
+    store = f"sqlite://{tmp_path / STATE_DB}"  # one file, two processes: the shared view of one host
     servers: list[RunningServer] = []
     process = None
     try:
@@ -90,11 +93,32 @@ def _rcpts(port: int, source: str, recipients: list[str]) -> list[int]:
         return [smtp.rcpt(recipient)[0] for recipient in recipients]
 
 
-def test_each_client_is_judged_by_its_own_address(balanced: tuple[int, list[RunningServer]]) -> None:
+def _stored_unknowns(database: Path, client: str) -> int:
+    with sqlite3.connect(database) as db:
+        row = db.execute("SELECT state FROM client_state WHERE key = ?", (f"ip:{client}",)).fetchone()
+    return 0 if row is None else len(json.loads(row[0])["u"])
+
+
+def _wait_stored(database: Path, client: str, unknowns: int) -> None:
+    # A server writes what it saw beside the session, not before its reply, so the next connection can
+    # arrive before the write commits (CI saw exactly that). Waiting here keeps the test about the store
+    # adding up, not about who wins that race.
+    deadline = time.monotonic() + 10
+    while _stored_unknowns(database, client) < unknowns:
+        assert time.monotonic() < deadline, f"the store never held {unknowns} unknowns for {client}"
+        time.sleep(0.02)
+
+
+def test_each_client_is_judged_by_its_own_address(
+    balanced: tuple[int, list[RunningServer]], tmp_path: Path
+) -> None:
     port, servers = balanced
     # One unknown recipient per connection: round robin spreads them over both servers, and only the
     # shared store adds them up to the threshold.
-    codes = [_rcpts(port, HARVESTER, [f"guess{i}@example.test"])[0] for i in range(3)]
+    codes: list[int] = []
+    for i in range(3):
+        codes.append(_rcpts(port, HARVESTER, [f"guess{i}@example.test"])[0])
+        _wait_stored(tmp_path / STATE_DB, HARVESTER, i + 1)
     assert codes == [550, 550, 450]
     for _ in range(2):  # flagged on whichever server it reaches next, valid address or not
         assert _rcpts(port, HARVESTER, ["alice@example.test"]) == [450]
