@@ -161,6 +161,7 @@ class RecipientsConfig(Section):
 
 class DeliveryConfig(Section):
     maildir: Path = Path("mail")
+    maildir_writers: int = Field(default=1, ge=1, le=32)
     relay: str = ""
     relay_timeout: Seconds = Field(default=60.0, ge=1, le=600)
     relay_connections: int = Field(default=100, ge=1, le=10_000)

@@ -1,10 +1,12 @@
 """Durable delivery into one Maildir per mailbox: ``<root>/<domain>/<local-part>/{tmp,new,cur}``.
 
-The sequence for one message, run in a worker thread (never on the event loop):
-write to ``tmp/<unique>``, fsync the file, hard-link it into ``new/`` of every target mailbox, fsync each
-``new/`` directory, unlink the tmp name. Only then does ``deliver`` return and the client get its 250.
-A long message (one that arrives in parts) is written to its tmp file part by part as it arrives
-(``begin``), so it is never held whole in memory; the rest of the sequence is the same.
+The sequence for one message, run in a writer thread (never on the event loop): write to
+``tmp/<unique>``, fsync the file, hard-link it into ``new/`` of every target mailbox, fsync each ``new/``
+directory, unlink the tmp name. Only then does ``deliver`` return and the client get its 250. The writer
+threads work in groups (delivery/committer.py): messages that arrive together share one fsync of each
+``new/`` directory and one hand-off back to the event loop. A long message (one that arrives in parts) is
+written to its tmp file part by part as it arrives (``begin``), so it is never held whole in memory; the
+rest of the sequence is the same.
 
 Invariants:
 - Never partial: a reader only ever sees complete files in ``new/`` (the link is atomic).
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smtp_tarpit.delivery import DeliveryError, Envelope
+from smtp_tarpit.delivery.committer import Committer, fsync_directory
 from smtp_tarpit.delivery.outgoing import Outgoing
 
 _UNSAFE = {"/": "%2F", "\x00": "%00", "%": "%25"}
@@ -52,8 +55,9 @@ class MaildirDeliverer:
 
     final = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, writers: int = 1) -> None:
         self.root = root
+        self._writer = Committer(writers, name="maildir")
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._counter = itertools.count(1)  # next() is atomic under the GIL: safe across threads
         self._ready: set[Path] = set()
@@ -73,13 +77,28 @@ class MaildirDeliverer:
     early = False  # nothing to prepare before the text comes: a small message is written in one go
 
     async def deliver(self, envelope: Envelope, message: bytes) -> None:
+        content = message.replace(b"\r\n", b"\n")
+        boxes = [mailbox_path(self.root, m) for m in envelope.mailboxes]
+        name = self._unique(len(content))
+        tmp = boxes[0] / "tmp" / name
+
+        def work() -> list[str]:
+            for box in boxes:
+                self._ensure(box)
+            _write_durably(tmp, content)
+            try:
+                return [_link(tmp, box, name, content) for box in boxes]
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+
         try:
-            await asyncio.to_thread(self._deliver_sync, envelope, message)
+            await self._writer.run(work, lambda: tmp.unlink(missing_ok=True))
         except OSError as exc:
             raise DeliveryError(f"maildir: {exc.strerror or exc}") from exc
 
     async def close(self) -> None:
-        return None
+        await self._writer.close()
 
     def clean_tmp(self) -> int:
         """At start: remove what a crash left in the mailboxes' tmp/ folders: ours (by name, written on this
@@ -129,7 +148,7 @@ class MaildirDeliverer:
         try:
             async for part in out.parts():
                 await asyncio.to_thread(spool.write, part)
-            await asyncio.to_thread(self._commit, envelope, spool)
+            await self._writer.run(lambda: self._commit(envelope, spool), spool.discard)
             delivered = True
         except OSError as exc:
             raise DeliveryError(f"maildir: {exc.strerror or exc}") from exc
@@ -144,35 +163,20 @@ class MaildirDeliverer:
         spool.write(head)
         return spool
 
-    def _commit(self, envelope: Envelope, spool: _Spool) -> None:
+    def _commit(self, envelope: Envelope, spool: _Spool) -> list[str]:
+        """In the writer thread: the spool durable and linked; the new/ directories still to fsync."""
         spool.sync()
         boxes = [mailbox_path(self.root, m) for m in envelope.mailboxes]
         for box in boxes:
             self._ensure(box)
         name = f"{spool.path.name},S={spool.size}"
-        for box in boxes:
-            _link_durably(spool.path, box, name, spool.content)
-        spool.discard()
+        return [_link(spool.path, box, name, spool.content) for box in boxes]
 
     def _unique(self, size: int) -> str:
         count = next(self._counter)
         now = time.time()
         seconds, micros = int(now), int((now % 1) * 1_000_000)
         return f"{seconds}.M{micros}P{os.getpid()}Q{count}.{self._host}{MARK},S={size}"
-
-    def _deliver_sync(self, envelope: Envelope, message: bytes) -> None:
-        content = message.replace(b"\r\n", b"\n")
-        boxes = [mailbox_path(self.root, m) for m in envelope.mailboxes]
-        for box in boxes:
-            self._ensure(box)
-        name = self._unique(len(content))
-        tmp = boxes[0] / "tmp" / name
-        _write_durably(tmp, content)
-        try:
-            for box in boxes:
-                _link_durably(tmp, box, name, content)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _ensure(self, box: Path) -> None:
         if box in self._ready:
@@ -226,7 +230,8 @@ def _write_durably(path: Path, content: bytes) -> None:
         os.close(fd)
 
 
-def _link_durably(tmp: Path, box: Path, name: str, content: bytes | Callable[[], bytes]) -> None:
+def _link(tmp: Path, box: Path, name: str, content: bytes | Callable[[], bytes]) -> str:
+    """Link the durable tmp file into ``box``'s new/; the directory that now needs its fsync."""
     target = box / "new" / name
     try:
         os.link(tmp, target)
@@ -237,12 +242,8 @@ def _link_durably(tmp: Path, box: Path, name: str, content: bytes | Callable[[],
         staged = box / "tmp" / name
         _write_durably(staged, content if isinstance(content, bytes) else content())
         os.rename(staged, target)
-    _fsync_dir(box / "new")
+    return str(target.parent)
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(str(path))

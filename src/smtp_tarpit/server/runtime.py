@@ -115,7 +115,7 @@ def _deliverer(config: Config) -> Deliverer:
             connections=delivery.relay_connections,
             tls_context=_relay_tls(config),
         )
-    maildir = MaildirDeliverer(delivery.maildir)
+    maildir = MaildirDeliverer(delivery.maildir, delivery.maildir_writers)
     try:
         maildir.check()
     except DeliveryError as exc:
