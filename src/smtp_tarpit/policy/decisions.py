@@ -58,6 +58,10 @@ Decision = Pass | Delay | Replace | Disconnect
 class Stage(enum.Enum):
     """Which client wait a reply ends: RFC 5321 4.5.3.2 gives each its own timeout."""
 
+    # Members are singletons compared by identity: hash them so too (Enum's own __hash__ is Python code,
+    # and these are dictionary keys on every command).
+    __hash__ = object.__hash__
+
     COMMAND = "command"  # greeting-less commands: EHLO, MAIL, RCPT, RSET, ... (5 minutes)
     RCPT = "rcpt"  # a reply to RCPT (5 minutes); the one a harvester learns from
     DATA = "data"  # the reply to the DATA command itself (2 minutes)

@@ -18,6 +18,7 @@ import enum
 import ipaddress
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from smtp_tarpit.policy.decisions import IPAddress
 from smtp_tarpit.policy.settings import PolicySettings
@@ -27,6 +28,10 @@ MAX_UNKNOWNS = 1000  # times of unknown recipients kept per key (the harvest thr
 
 
 class Observation(enum.Enum):
+    # Members are singletons compared by identity: hash them so too (Enum's own __hash__ is Python code,
+    # and these are dictionary keys on every command).
+    __hash__ = object.__hash__
+
     ERROR = "error"  # a 5xx reply not covered below (relay denied, size, ...)
     UNKNOWN_RECIPIENT = "unknown-recipient"
     PROTOCOL = "protocol"  # syntax, bad sequence, unknown command, over-long line, bare newline
@@ -76,15 +81,17 @@ EMPTY = ClientState()
 
 def weight(observation: Observation, settings: PolicySettings) -> float:
     """How much one observation adds to a score (negative for a clean delivery)."""
-    weights = settings.weights
-    return {
-        Observation.ERROR: weights.error,
-        Observation.UNKNOWN_RECIPIENT: weights.unknown_recipient,
-        Observation.PROTOCOL: weights.protocol,
-        Observation.AUTH_FAILURE: weights.auth_failure,
-        Observation.EARLY_TALK: weights.early_talk,
-        Observation.DELIVERED: weights.delivered,
-    }[observation]
+    return float(getattr(settings.weights, _WEIGHT_FIELDS[observation]))
+
+
+_WEIGHT_FIELDS = {
+    Observation.ERROR: "error",
+    Observation.UNKNOWN_RECIPIENT: "unknown_recipient",
+    Observation.PROTOCOL: "protocol",
+    Observation.AUTH_FAILURE: "auth_failure",
+    Observation.EARLY_TALK: "early_talk",
+    Observation.DELIVERED: "delivered",
+}
 
 
 def observe(
@@ -158,6 +165,7 @@ class ClientKeys:
     prefix: str
 
 
+@lru_cache(maxsize=4096)  # the same clients come back session after session; address parsing is slow
 def keys_for(client: IPAddress, prefix_v4: int = 24, prefix_v6: int = 64) -> ClientKeys:
     length = prefix_v4 if client.version == 4 else prefix_v6
     network = ipaddress.ip_network(f"{client}/{length}", strict=False)

@@ -17,6 +17,10 @@ from smtp_tarpit.protocol.replies import Reply
 class Problem(enum.Enum):
     """Why the core answered on its own: what the policy observes about the client."""
 
+    # Members are singletons compared by identity: hash them so too (Enum's own __hash__ is Python code,
+    # and these are dictionary keys on every command).
+    __hash__ = object.__hash__
+
     SYNTAX = "syntax"
     SEQUENCE = "sequence"
     UNKNOWN_COMMAND = "unknown-command"

@@ -12,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
 # --- constructors for the replies with a variable part (our own data only) ---------------------------------
 
 
+@lru_cache(maxsize=64)  # the same few hostnames and extension lists, every session
 def greeting(hostname: str, teaser: bool = False) -> Reply:
     # The teaser form has two lines: the first goes out at once, the last after [greet] pause, and a
     # client that talks before the last line is an early talker (as Postfix's postscreen does it).
@@ -56,10 +58,12 @@ def greeting(hostname: str, teaser: bool = False) -> Reply:
     return _r(220, None, f"{hostname} ESMTP smtp-tarpit")
 
 
+@lru_cache(maxsize=64)  # the same few hostnames and extension lists, every session
 def helo(hostname: str) -> Reply:
     return _r(250, None, hostname)
 
 
+@lru_cache(maxsize=64)  # the same few hostnames and extension lists, every session
 def ehlo(hostname: str, extensions: tuple[str, ...]) -> Reply:
     return Reply(250, None, (hostname, *extensions))
 
@@ -73,6 +77,7 @@ def downstream_refused(code: int, enhanced: str) -> Reply:
     return _r(code, enhanced, "Refused by the receiving mail system")
 
 
+@lru_cache(maxsize=64)  # the same few hostnames and extension lists, every session
 def bye(hostname: str) -> Reply:
     return _r(221, "2.0.0", f"{hostname} closing connection")
 

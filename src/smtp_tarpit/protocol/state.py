@@ -15,6 +15,10 @@ from smtp_tarpit.protocol.replies import Reply
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hash them so too (Enum's own __hash__ is Python code,
+    # and these are dictionary keys on every command).
+    __hash__ = object.__hash__
+
     INIT = "init"  # greeted; HELO/EHLO not yet given (or reset by STARTTLS)
     READY = "ready"  # HELO/EHLO given, no transaction
     MAIL = "mail"  # MAIL accepted, no recipient yet
@@ -25,6 +29,10 @@ class State(enum.Enum):
 
 
 class Verb(enum.Enum):
+    # Members are singletons compared by identity: hash them so too (Enum's own __hash__ is Python code,
+    # and these are dictionary keys on every command).
+    __hash__ = object.__hash__
+
     HELO = "HELO"
     EHLO = "EHLO"
     MAIL = "MAIL"
