@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,36 @@ def test_clean_tmp_removes_our_leftovers_and_stale_files_only(tmp_path: Path) ->
     kept = {path.name for path in (box / "tmp").iterdir()}
     assert kept == {live_other.name, mine.name, fresh_other.name}
     assert delivered.exists()
+
+
+_FILE_SIZE_LIMITED = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+from smtp_tarpit.delivery import DeliveryError, Envelope
+from smtp_tarpit.delivery.maildir import MaildirDeliverer
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+deliverer = MaildirDeliverer(Path(sys.argv[1]))
+envelope = Envelope("I", "", ("alice@example.test",), ("alice@example.test",))
+asyncio.run(deliverer.deliver(envelope, b"small\\r\\n"))  # makes the directories, within the limit
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    asyncio.run(deliverer.deliver(envelope, b"x" * 5000 + b"\\r\\n"))
+except DeliveryError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_write_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
+    # A real failing write (the file-size limit, as a full disk would), in a process of its own.
+    result = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMITED, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.startswith("refused: maildir: File too large")
+    box = tmp_path / "example.test" / "alice"
+    assert list((box / "tmp").iterdir()) == []
+    assert [p.read_bytes() for p in (box / "new").iterdir()] == [b"small\n"]

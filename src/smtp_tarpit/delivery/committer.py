@@ -104,7 +104,13 @@ class Committer:
                     self._threads.remove(threading.current_thread())
                     return
                 batch, self._jobs = self._jobs, []
-            _commit(batch)
+            try:
+                _commit(batch)
+            except Exception as exc:  # a bug of ours: the waiters get an error (a 451), never silence
+                log.exception("writer failed")
+                for job in batch:
+                    job.error = job.error or exc
+                _notify(batch)
 
 
 def _commit(batch: list[_Job]) -> None:
@@ -125,6 +131,10 @@ def _commit(batch: list[_Job]) -> None:
     for job in batch:
         if job.worked:
             _tidy(job)
+    _notify(batch)
+
+
+def _notify(batch: list[_Job]) -> None:
     for loop in {job.loop for job in batch}:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(_settle, [job for job in batch if job.loop is loop])

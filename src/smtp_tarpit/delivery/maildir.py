@@ -85,11 +85,11 @@ class MaildirDeliverer:
         def work() -> list[str]:
             for box in boxes:
                 self._ensure(box)
-            _write_durably(tmp, content)
             try:
+                _write_durably(tmp, content)
                 return [_link(tmp, box, name, content) for box in boxes]
             except OSError:
-                tmp.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)  # a full disk, say: leave nothing half-written behind
                 raise
 
         try:
