@@ -71,6 +71,17 @@ def _timed_session(server: RunningServer, source: str, recipients: list[str]) ->
     return codes, longest
 
 
+def _wait_flagged_in_redis(redis: RedisProcess, address: str) -> None:
+    deadline = time.monotonic() + 10
+    with client(redis.port) as probe:
+        while True:
+            record = probe.get(f"smtp-tarpit:ip:{address}")
+            if record is not None and json.loads(record)["f"] > time.time():
+                return
+            assert time.monotonic() < deadline, f"the flag of {address} never reached Redis"
+            time.sleep(0.02)
+
+
 def test_flagged_through_host_a_is_flagged_on_host_b_at_its_first_rcpt(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
@@ -80,6 +91,7 @@ def test_flagged_through_host_a_is_flagged_on_host_b_at_its_first_rcpt(
         codes, _ = _timed_session(a, HARVESTER, [f"guess{i}@example.test" for i in range(3)])
         assert codes == [550, 550, 450]
         a.wait_for_log(f"harvest flag client={HARVESTER}")
+        _wait_flagged_in_redis(redis_server, HARVESTER)  # A writes beside the session, not before replying
         assert _timed_session(b, HARVESTER, ["alice@example.test"])[0] == [450]  # never seen on B before
         assert _timed_session(b, SENDER, ["alice@example.test"])[0] == [250, 250]
         keys = {key.decode() for key in client(redis_server.port).keys("*")}

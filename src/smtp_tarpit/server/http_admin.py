@@ -48,8 +48,8 @@ async def start(server: Server, listen: str) -> web.AppRunner:
         harvest_flags=lambda: server.tarpit.flags,
         clients_known=lambda: len(server.tarpit.store),
         lookups=lambda: _lookups(server),
-        store_errors=lambda: 0 if server.tarpit.guard is None else server.tarpit.guard.errors,
-        store_up=lambda: server.tarpit.guard is None or server.tarpit.guard.up,
+        store_errors=lambda: 0 if server.tarpit.shared is None else server.tarpit.shared.guard.errors,
+        store_up=lambda: server.tarpit.shared is None or server.tarpit.shared.guard.up,
         overloaded=lambda: server.overloaded,
     )
     app["registry"] = registry(server.stats, live)
@@ -83,8 +83,8 @@ def _lookups(server: Server) -> dict[tuple[str, ...], int]:
             ("verify", "failed"): verifier.failures,
         }
     counts[("store", "evicted")] = server.tarpit.store.evictions
-    guard = server.tarpit.guard
-    if guard is not None:
+    if server.tarpit.shared is not None:
+        guard = server.tarpit.shared.guard
         counts[("store", "failed")] = guard.errors
         counts[("store", "skipped")] = guard.skipped
     return counts

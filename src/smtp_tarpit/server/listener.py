@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import itertools
 import logging
 import os
@@ -259,9 +258,8 @@ class Server:
         dropped = self.tarpit.store.purge(now)
         if dropped:
             log.debug("forgot %d idle client records", dropped)
-        shared, guard = self.tarpit.shared, self.tarpit.guard
-        if shared is not None and guard is not None:
-            self.spawn(self._call_store(guard.call("purge", functools.partial(shared.purge, now))))
+        if self.tarpit.shared is not None:
+            self.spawn(self._call_store(self.tarpit.shared.purge(now)))
         interval = self.runtime.config.reputation.snapshot_interval
         if interval and self.loop.time() - self._snapshot_at >= interval:
             self.spawn(self._save_snapshot())

@@ -5,10 +5,10 @@ client's remembered state and the session's facts, records what the policy obser
 to send and how (Pass, Delay or Disconnect). In watch mode the decision is logged and Pass is returned.
 
 Two stores: ``store``, this process's ``MemoryStore``, which the policy reads synchronously, and, when
-``[reputation] store`` names one, ``shared`` (SQLite or Redis, state/base.py), reached only through a
-``Guard`` (time limit, circuit breaker, fail-open). The shared store is read when a session starts (before
-its greeting, with the DNS checks) and written when something is observed; what it answers replaces the
-local copy, so every host sees what the others observed.
+``[reputation] store`` names one, ``shared`` (SQLite or Redis, state/base.py), reached only through its
+``Guard`` (state/guard.py's ``GuardedStore``: time limit, circuit breaker, fail-open). The shared store
+is read when a session starts (before its greeting, with the DNS checks) and written when something is
+observed; what it answers replaces the local copy, so every host sees what the others observed.
 
 Invariants:
 - Observations are folded into the local store synchronously, at the moment they happen (an unknown
@@ -55,7 +55,7 @@ from smtp_tarpit.policy.reputation import (
 from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.state.base import Change, ClientStore
-from smtp_tarpit.state.guard import Guard
+from smtp_tarpit.state.guard import Guard, GuardedStore
 from smtp_tarpit.state.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -68,11 +68,11 @@ log = logging.getLogger("smtp_tarpit.tarpit")
 class Tarpit:
     def __init__(self, runtime: Runtime, store: MemoryStore, shared: ClientStore | None = None) -> None:
         self.store = store
-        self.shared = shared
-        self.guard: Guard | None = None
+        self.shared: GuardedStore | None = None
         if shared is not None:
             config = runtime.config.reputation
-            self.guard = Guard(store_name(config.store), config.store_timeout, config.store_retry_after)
+            guard = Guard(store_name(config.store), config.store_timeout, config.store_retry_after)
+            self.shared = GuardedStore(shared, guard)
         self.configure(runtime)
         self.decisions: dict[str, int] = {}
         self.flags = 0
@@ -90,10 +90,9 @@ class Tarpit:
         self.prefix_v4 = runtime.config.reputation.prefix_v4
         self.prefix_v6 = runtime.config.reputation.prefix_v6
         self.store.settings = runtime.settings
-        if self.shared is not None and self.guard is not None:
-            self.shared.settings = runtime.settings
-            self.guard.timeout = runtime.config.reputation.store_timeout
-            self.guard.retry_after = runtime.config.reputation.store_retry_after
+        if self.shared is not None:
+            reputation = runtime.config.reputation
+            self.shared.configure(runtime.settings, reputation.store_timeout, reputation.store_retry_after)
 
     @staticmethod
     def now() -> float:
@@ -113,11 +112,10 @@ class Tarpit:
     async def refresh(self, keys: ClientKeys | None) -> None:
         """Bring the client's records up to date from the shared store (no-op without one, or while it is
         away). Awaited before a session's greeting, bounded by ``[reputation] store_timeout``."""
-        shared, guard = self.shared, self.guard
-        if keys is None or shared is None or guard is None:
+        if keys is None or self.shared is None:
             return
         now, wanted = self.now(), [keys.exact, keys.prefix]
-        found = await guard.call("load", lambda: shared.load(wanted, now))
+        found = await self.shared.load(wanted, now)
         if found is None:
             return
         for key in wanted:
@@ -127,10 +125,9 @@ class Tarpit:
         """Forget a client here and in the shared store; the keys that were known somewhere."""
         forgotten = {key for key in (keys.exact, keys.prefix) if self.store.forget(key)}
         self.unsynced.difference_update((keys.exact, keys.prefix))
-        shared, guard = self.shared, self.guard
-        if shared is not None and guard is not None:
+        if self.shared is not None:
             for key in (keys.exact, keys.prefix):
-                if await guard.call("forget", functools.partial(shared.forget, key)):
+                if await self.shared.forget(key):
                     forgotten.add(key)
         return sorted(forgotten)
 
@@ -148,12 +145,12 @@ class Tarpit:
             self.store.put(key, remote, now)
 
     def _write(self, keys: ClientKeys, key: str, change: Change, now: float) -> None:
-        shared, guard = self.shared, self.guard
-        if shared is None or guard is None:
+        shared = self.shared
+        if shared is None:
             return
 
         async def write() -> None:
-            state = await guard.call("apply", lambda: shared.apply(key, change, now))
+            state = await shared.apply(key, change, now)
             if state is None:
                 self.unsynced.add(key)
                 return

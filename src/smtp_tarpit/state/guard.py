@@ -8,6 +8,8 @@ A store that is down, slow or hung must never hold mail up. Every call goes thro
 - a failure is counted every time (``errors``, exported as smtp_tarpit_store_errors_total) but logged once
   per episode: one line when the store goes away, one when it answers again.
 
+``GuardedStore`` is a shared store with its Guard: the only way the server reaches one.
+
 Invariants: ``call`` never raises (except cancellation); None means "use local state".
 """
 
@@ -16,8 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from smtp_tarpit.policy.reputation import ClientState
+    from smtp_tarpit.policy.settings import PolicySettings
+    from smtp_tarpit.state.base import Change, ClientStore
 
 log = logging.getLogger("smtp_tarpit.store")
 T = TypeVar("T")
@@ -74,3 +81,31 @@ class Guard:
                 reason,
                 self.retry_after,
             )
+
+
+class GuardedStore:
+    """A shared client store reached only through its Guard: each call returns None when the store failed
+    or is being skipped (the caller then uses local state), and never raises."""
+
+    def __init__(self, store: ClientStore, guard: Guard) -> None:
+        self.store = store
+        self.guard = guard
+
+    def configure(self, settings: PolicySettings, timeout: float, retry_after: float) -> None:
+        self.store.settings = settings
+        self.guard.timeout, self.guard.retry_after = timeout, retry_after
+
+    async def load(self, keys: Sequence[str], now: float) -> dict[str, ClientState] | None:
+        return await self.guard.call("load", lambda: self.store.load(keys, now))
+
+    async def apply(self, key: str, change: Change, now: float) -> ClientState | None:
+        return await self.guard.call("apply", lambda: self.store.apply(key, change, now))
+
+    async def forget(self, key: str) -> bool | None:
+        return await self.guard.call("forget", lambda: self.store.forget(key))
+
+    async def purge(self, now: float) -> int | None:
+        return await self.guard.call("purge", lambda: self.store.purge(now))
+
+    async def close(self) -> None:
+        await self.store.close()
