@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from smtp_tarpit.protocol import Features, Limits, SmtpConnection, replies
 from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
-from smtp_tarpit.protocol.events import Answer, Event, Message, NeedData, Problem, StartTls
+from smtp_tarpit.protocol.events import Event, Message, NeedData, StartTls
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.protocol.state import State
 from tests.hostile.transcript import HOST, SessionModel, message_part
 from tests.hostile.wire import check_replies
+from tests.protocol.smtp_dialogue import expected_outcome
 
 END = b"\r\n.\r\n"
 FEATURES = Features(starttls=True, auth=True, plaintext_auth=True)
@@ -112,22 +112,6 @@ def feed(chunks: Iterable[bytes], limits: Limits, track_sections: bool = False) 
                 run.sections.append(section)
         assert conn.buffered <= buffer_bound(conn), (conn.state, conn.buffered)
     return run
-
-
-def expected_outcome(body: bytes, limits: Limits) -> Event:
-    """What the text of one DATA section (up to the CRLF before the final dot) must become."""
-    if len(body) > limits.message_size:
-        return Answer(replies.message_too_big(limits.message_size), Problem.MESSAGE_TOO_BIG)
-    lines = body.split(b"\r\n")[:-1]
-    for line in lines:  # the first offending line decides (a message may come in parts)
-        if len(line) + 2 > limits.text_line:
-            return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
-        if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
-            return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
-        if limits.reject_bare_newline and b"\x00" in line:
-            return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
-    unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
-    return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))
 
 
 def check_section(section: Section, limits: Limits) -> None:

@@ -59,12 +59,11 @@ from smtp_tarpit.protocol.events import (
 from smtp_tarpit.protocol.replies import Reply
 from tests.e2e.helpers import PASSWORD, RECIPIENTS, RunningServer
 from tests.hostile.wire import Client, check_replies
+from tests.protocol.smtp_dialogue import decode
 
 HOST = "mx.example.test"
 DOMAINS = ["example.test", "catchall.test"]
 CORE_MESSAGE_ID = "C0DE0001"
-_ESCAPE = re.compile(r"\\(?:x([0-9A-Fa-f]{2})|\{(\d+)\*([^}]*)\}|(.))")
-_SIMPLE = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\"}
 _ID = re.escape(b"{ID}")
 # Where the core hands a long message out in parts as it arrives (``MessagePart``, never answered), the
 # message is its parts and its end joined; a refusal voids the parts before it.
@@ -77,25 +76,6 @@ def message_part(event: object) -> bytes | None:
         content: bytes = event.content
         return content
     return None
-
-
-def decode(text: str) -> bytes:
-    out = bytearray()
-    position = 0
-    for match in _ESCAPE.finditer(text):
-        out += text[position : match.start()].encode("utf-8")
-        hex_octet, count, repeated, simple = match.groups()
-        if hex_octet is not None:
-            out.append(int(hex_octet, 16))
-        elif count is not None:
-            out += decode(repeated) * int(count)
-        elif simple in _SIMPLE:
-            out += _SIMPLE[simple]
-        else:
-            raise ValueError(f"unknown escape \\{simple} in {text!r}")
-        position = match.end()
-    out += text[position:].encode("utf-8")
-    return bytes(out)
 
 
 @dataclass

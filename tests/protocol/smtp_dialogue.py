@@ -23,6 +23,7 @@ from smtp_tarpit.protocol.events import (
     Message,
     MessagePart,
     Noop,
+    Problem,
     Quit,
     Rcpt,
     Rset,
@@ -154,3 +155,45 @@ def in_data(limits: Limits | None = None, features: Features | None = None) -> D
     assert out.endswith(replies.START_DATA.wire), out
     assert dialogue.conn.in_data
     return dialogue
+
+
+# --- ground truth shared with the hostile suite (tests/hostile) ----------------------------------------
+
+_ESCAPE = re.compile(r"\\(?:x([0-9A-Fa-f]{2})|\{(\d+)\*([^}]*)\}|(.))")
+_SIMPLE = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\"}
+
+
+def decode(text: str) -> bytes:
+    """A transcript's text as octets: the escapes ``\\r \\n \\t \\\\ \\xHH`` and ``\\{N*text}`` (text N times)."""
+    out = bytearray()
+    position = 0
+    for match in _ESCAPE.finditer(text):
+        out += text[position : match.start()].encode("utf-8")
+        hex_octet, count, repeated, simple = match.groups()
+        if hex_octet is not None:
+            out.append(int(hex_octet, 16))
+        elif count is not None:
+            out += decode(repeated) * int(count)
+        elif simple in _SIMPLE:
+            out += _SIMPLE[simple]
+        else:
+            raise ValueError(f"unknown escape \\{simple} in {text!r}")
+        position = match.end()
+    out += text[position:].encode("utf-8")
+    return bytes(out)
+
+
+def expected_outcome(body: bytes, limits: Limits) -> Event:
+    """What the text of one DATA section (up to the CRLF before the final dot) must become."""
+    if len(body) > limits.message_size:
+        return Answer(replies.message_too_big(limits.message_size), Problem.MESSAGE_TOO_BIG)
+    lines = body.split(b"\r\n")[:-1]
+    for line in lines:  # the first offending line decides (a message may come in parts)
+        if len(line) + 2 > limits.text_line:
+            return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
+        if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
+            return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
+        if limits.reject_bare_newline and b"\x00" in line:
+            return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
+    unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
+    return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from smtp_dialogue import Dialogue
 
 from smtp_tarpit.protocol.address import Address, AddressError, parse_mailbox, parse_params, parse_path
 from smtp_tarpit.protocol.events import Mail, Rcpt
+from tests.protocol.smtp_dialogue import Dialogue
 
 
 def rcpt_address(dialogue: Dialogue) -> Address:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 
 import pytest
-from smtp_dialogue import HOST, TRANSACTION, Dialogue, in_data, reply_lines, with_overrides
 
 from smtp_tarpit.protocol import Features, Limits, LocalProtocolError, SmtpConnection, replies
 from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
 from smtp_tarpit.protocol.events import Answer, AuthCredentials, Mail, Problem, Rcpt, StartTls
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.protocol.state import State
+from tests.protocol.smtp_dialogue import HOST, TRANSACTION, Dialogue, in_data, reply_lines, with_overrides
 
 EHLO = b"EHLO client.example\r\n"
 ALICE_SECRET = base64.b64encode(b"\x00alice\x00secret")

@@ -21,38 +21,16 @@ The canonical responder (``smtp_dialogue.canonical_reply``) plays the session.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from smtp_dialogue import HOST, Dialogue, reply_lines
 
 from smtp_tarpit.protocol import Features, Limits, replies
+from tests.protocol.smtp_dialogue import HOST, Dialogue, decode, reply_lines
 
 CORPUS = Path(__file__).parent / "corpus"
 TRANSCRIPTS = sorted(CORPUS.glob("*.txt"))
-_ESCAPE = re.compile(r"\\(?:x([0-9A-Fa-f]{2})|\{(\d+)\*([^}]*)\}|(.))")
-_SIMPLE = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\"}
-
-
-def decode(text: str) -> bytes:
-    out = bytearray()
-    pos = 0
-    for match in _ESCAPE.finditer(text):
-        out += text[pos : match.start()].encode("utf-8")
-        hex_octet, count, repeated, simple = match.groups()
-        if hex_octet is not None:
-            out.append(int(hex_octet, 16))
-        elif count is not None:
-            out += decode(repeated) * int(count)
-        elif simple in _SIMPLE:
-            out += _SIMPLE[simple]
-        else:
-            raise ValueError(f"unknown escape \\{simple} in {text!r}")
-        pos = match.end()
-    out += text[pos:].encode("utf-8")
-    return bytes(out)
 
 
 @dataclass

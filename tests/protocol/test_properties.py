@@ -9,12 +9,19 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smtp_dialogue import HOST, TRANSACTION, Responder, canonical_reply, with_overrides
 
 from smtp_tarpit.protocol import NEED_DATA, Features, Limits, SmtpConnection, replies
 from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
-from smtp_tarpit.protocol.events import Answer, Event, Message, MessagePart, Problem, StartTls
+from smtp_tarpit.protocol.events import Answer, Event, Message, MessagePart, StartTls
 from smtp_tarpit.protocol.state import State
+from tests.protocol.smtp_dialogue import (
+    HOST,
+    TRANSACTION,
+    Responder,
+    canonical_reply,
+    expected_outcome,
+    with_overrides,
+)
 
 EHLO = b"EHLO client.example\r\n"
 END = b"\r\n.\r\n"
@@ -157,22 +164,6 @@ def run_bytewise(
                 start = position  # after 354, with nothing buffered: the text starts with the next octet
             assert not isinstance(event, Message) or reading_text
     return events, bytes(out), sections
-
-
-def expected_outcome(body: bytes, limits: Limits) -> Event:
-    """What the text of one DATA section (up to the CRLF before the final dot) must become."""
-    if len(body) > limits.message_size:
-        return Answer(replies.message_too_big(limits.message_size), Problem.MESSAGE_TOO_BIG)
-    lines = body.split(b"\r\n")[:-1]
-    for line in lines:  # the first offending line decides
-        if len(line) + 2 > limits.text_line:
-            return Answer(replies.text_line_too_long(limits.text_line), Problem.MESSAGE_TOO_BIG)
-        if limits.reject_bare_newline and (b"\r" in line or b"\n" in line):
-            return Answer(replies.BARE_NEWLINE, Problem.BARE_NEWLINE)
-        if limits.reject_bare_newline and b"\x00" in line:
-            return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
-    unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
-    return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))
 
 
 def assert_well_formed(content: bytes) -> None:
