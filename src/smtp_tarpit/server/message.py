@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from smtp_tarpit.policy.decisions import IPAddress
 
 log = logging.getLogger("smtp_tarpit.session")
+HIGH_WATER = 64 * 1024  # octets: a session pauses reading while this much input or backlog is waiting
 
 
 class Transaction:

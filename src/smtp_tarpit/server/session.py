@@ -1,11 +1,12 @@
-"""One client connection: glue between the socket, the SMTP core, the directory, delivery and the policy.
+"""One client connection: glue between the socket, the SMTP core, the policy and the event handlers.
 
 Theory of operation: an ``asyncio.Protocol`` (no task per connection: a held session costs its transport,
 this object, the core and one or two timer handles). Bytes go into the core; events come out one at a time;
 each gets a reply, which the policy turns into a Decision and the executor writes (now, or later on a
-timer). While a reply is held or an answer is being worked out off the loop (delivery, password check), no
-further event is taken: pipelined commands wait in the core's buffer and are answered in order, each after
-its own delay. Reading pauses when that buffer grows past a high-water mark.
+timer). What each event means (the directory, the transaction, delivery, STARTTLS, AUTH) is in
+server/handlers.py. While a reply is held or an answer is being worked out off the loop (delivery,
+password check), no further event is taken: pipelined commands wait in the core's buffer and are answered
+in order, each after its own delay. Reading pauses when that buffer grows past a high-water mark.
 
 Invariants:
 - ``busy`` is true exactly while a reply is held or an answer is pending; the pump never runs then.
@@ -17,38 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from smtp_tarpit.delivery.outgoing import Outgoing
-from smtp_tarpit.directory.recipients import Verdict
 from smtp_tarpit.policy.decisions import Delay, Disconnect, IPAddress, Pass, SessionFacts, Stage
 from smtp_tarpit.policy.reputation import ClientKeys, Observation
 from smtp_tarpit.protocol import Features, SmtpConnection, replies
 from smtp_tarpit.protocol.events import (
-    Answer,
-    AuthCredentials,
-    Data,
-    Event,
-    Helo,
-    Help,
-    Mail,
-    Message,
     MessagePart,
     NeedData,
-    Noop,
-    Problem,
-    Quit,
-    Rcpt,
-    Rset,
-    StartTls,
-    Vrfy,
 )
 from smtp_tarpit.protocol.proxy import ProxyHeaderError, parse_proxy_header
 from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.server import handlers
 from smtp_tarpit.server.deadlines import Waiting, overdue
-from smtp_tarpit.server.message import Incoming, Transaction
+from smtp_tarpit.server.message import HIGH_WATER, Incoming, Transaction
 from smtp_tarpit.server.runtime import is_loopback, parse_peer
 from smtp_tarpit.server.trace import printable
 
@@ -56,11 +39,7 @@ if TYPE_CHECKING:
     from smtp_tarpit.server.listener import Server
 
 log = logging.getLogger("smtp_tarpit.session")
-HIGH_WATER = 64 * 1024  # pause reading while this much unanswered input is buffered
 PROXY_HEADER_TIMEOUT = 10.0  # seconds a balancer has to send its PROXY header (it sends it at once)
-
-
-_OBSERVED = object()  # the error was already observed when it happened (an unknown recipient at its RCPT)
 
 
 class Session(asyncio.Protocol):
@@ -207,7 +186,7 @@ class Session(asyncio.Protocol):
             return
         self.busy = False
         self._greet()
-        self._pump()
+        self.pump()
 
     def _greet(self) -> None:
         config = self.server.runtime.config
@@ -264,19 +243,19 @@ class Session(asyncio.Protocol):
             self.early_talker = True
             self.session_score += self.server.tarpit.observe(self.keys, Observation.EARLY_TALK)
         self.conn.receive_data(data)
-        self._pump()
+        self.pump()
         if self.conn.buffered > HIGH_WATER and (self.busy or self.blocked):
             # Input we cannot take now (a held reply, a delivery, a client that does not read our
             # replies): stop reading until the pump has caught up, so it waits in the kernel, not here.
-            self._pause()
+            self.pause()
 
-    def _pause(self) -> None:
+    def pause(self) -> None:
         if not self.paused and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
 
-    def _resume(self) -> None:
-        """Read again, unless a message's destination is still behind (``_caught_up`` resumes then)."""
+    def resume(self) -> None:
+        """Read again, unless a message's destination is still behind (handlers.py resumes it then)."""
         backlogged = self.incoming is not None and self.incoming.backlog > HIGH_WATER
         if self.paused and not backlogged and not self.blocked and self.transport is not None:
             self.paused = False
@@ -286,41 +265,41 @@ class Session(asyncio.Protocol):
         # The client does not read what we write: answer nothing more (and read nothing more) until it
         # does, so replies to pipelined commands cannot pile up in our write buffer.
         self.blocked = True
-        self._pause()
+        self.pause()
 
     def resume_writing(self) -> None:
         self.blocked = False
-        self._pump()
+        self.pump()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     # --- the pump: one event, one reply -------------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         while not self.busy and not self.blocked and not self.conn.closed and self.transport is not None:
             event = self.conn.next_event()
             if isinstance(event, NeedData):
-                self._resume()
+                self.resume()
                 if self.conn.buffered and not self.conn.in_data and not self.command_since:
                     self.command_since = self.server.loop.time()  # a command line has begun
                     self._check_by(self.command_since + self.server.runtime.config.limits.command_timeout)
                 return
             self.command_since = 0.0
             if isinstance(event, MessagePart):  # not answered: on its way while the rest arrives
-                self._message_part(event)
+                handlers.message_part(self, event)
                 continue
             self.commands += 1
             # Which client wait this reply ends (for the policy's caps) and its metrics label.
-            stage, self.label = _KINDS[type(event)]
+            stage, self.label = handlers.KINDS[type(event)]
             self.stage = Stage.MESSAGE if self.conn.in_data else stage
             try:
-                reply = _HANDLERS[type(event)](self, event)
+                reply = handlers.HANDLERS[type(event)](self, event)
             except Exception:  # a bug of ours: log it, tell the client to retry, show it nothing
                 log.exception("internal error answering %s from %s", type(event).__name__, self.client)
                 reply = replies.LOCAL_ERROR
             if reply is None:
-                self.busy = True  # the handler answers later through _finish
+                self.busy = True  # the handler answers later through finish
                 return
             self._answer(reply)
 
@@ -332,7 +311,7 @@ class Session(asyncio.Protocol):
         wire = self.conn.send(reply)
         if self.conn.in_data and not self.data_since:
             self._data_begins()
-            self._message_begins()
+            handlers.message_begins(self)
         elif self.data_since and not self.conn.in_data:
             self.data_since, self.data_octets = 0.0, 0
         self.server.stats.reply(reply.code, self.label)
@@ -365,26 +344,26 @@ class Session(asyncio.Protocol):
         if reply.code >= 500:
             self.errors += 1
             trusted = self.conn.authenticated or self.exempt
-            if reply is proposed and not trusted and self.observation is not _OBSERVED:
+            if reply is proposed and not trusted and self.observation is not handlers.OBSERVED:
                 kind = self.observation if isinstance(self.observation, Observation) else Observation.ERROR
                 self.session_score += tarpit.observe(self.keys, kind)
         self.observation = None
         return reply, how
 
-    def _finish(self, reply: Reply) -> None:
+    def finish(self, reply: Reply) -> None:
         """Answer an event whose reply was worked out off the loop, then go on with the input."""
         if self.transport is None or self.conn.closed:
             return
         self.busy = False
         self._answer(reply)
-        self._pump()
+        self.pump()
 
     def released(self) -> None:
         """Called by the executor when a held reply has been written."""
         self.busy, self.greeted = False, True
         self.last_active = self.server.loop.time()
         self._written()
-        self._pump()
+        self.pump()
 
     def _written(self) -> None:
         self.greeted = True
@@ -394,7 +373,7 @@ class Session(asyncio.Protocol):
             self.transport.close()
         elif self.tls_upgrading:
             self.busy = True
-            self.server.spawn(self._upgrade())
+            self.server.spawn(handlers.upgrade(self))
         elif self.server.draining and not self.conn.in_data and not self.busy:
             self.outcome = "shutdown"
             self.server.executor.cut(self, replies.SHUTTING_DOWN)
@@ -425,223 +404,3 @@ class Session(asyncio.Protocol):
             if self.idle is not None:
                 self.idle.cancel()
             self.idle = self.server.loop.call_at(when, self._idle_check)
-
-    # --- event handlers: each returns the reply, or None when the answer comes later ----------------------
-
-    def _on_helo(self, event: Event) -> Reply | None:
-        assert isinstance(event, Helo)
-        hostname = self.server.runtime.config.server.hostname
-        if event.extended:
-            return replies.ehlo(hostname, self.conn.extensions())
-        return replies.helo(hostname)
-
-    def _on_mail(self, event: Event) -> Reply | None:
-        assert isinstance(event, Mail)
-        if self.server.disk_low:
-            return replies.INSUFFICIENT_STORAGE
-        self.transaction = Transaction(
-            str(event.sender) if event.sender else "", event.smtputf8, event.eight_bit
-        )
-        return replies.SENDER_OK
-
-    def _on_rcpt(self, event: Event) -> Reply | None:
-        assert isinstance(event, Rcpt)
-        runtime = self.server.runtime
-        recipient = event.recipient
-        found = runtime.directory.resolve(recipient)
-        if found.verdict is Verdict.NOT_LOCAL:
-            if self.conn.authenticated and runtime.config.delivery.relay and not recipient.relay_trick:
-                return self._accept(recipient.key, str(recipient))  # the downstream decides
-            return replies.RELAY_DENIED
-        verifier = runtime.verifier
-        if verifier is None or not recipient.domain or recipient.local.casefold() == "postmaster":
-            return self._rcpt_answer(found.verdict is Verdict.ACCEPT, found.mailbox, str(recipient))
-        if self.server.tarpit.view(self.keys).flagged(self.server.tarpit.now()):
-            # A flagged harvester never reaches the downstream; the policy answers it uniformly anyway.
-            return self._accept(recipient.key, str(recipient))
-        known = verifier.cached(recipient.key)
-        if known is not None:
-            return self._rcpt_answer(known, recipient.key, str(recipient))
-        self.server.spawn(self._verify(recipient.key, str(recipient)))
-        return None
-
-    async def _verify(self, key: str, recipient: str) -> None:
-        verifier = self.server.runtime.verifier
-        assert verifier is not None
-        answer = await verifier.verify(key)
-        if answer is None:
-            self._finish(replies.RECIPIENT_UNVERIFIED)
-        else:
-            self._finish(self._rcpt_answer(answer, key, recipient))
-
-    def _rcpt_answer(self, valid: bool, mailbox: str, recipient: str) -> Reply:
-        if valid:
-            return self._accept(mailbox, recipient)
-        # Counted now, before any delay: parallel connections cannot race the harvest flag.
-        if not (self.conn.authenticated or self.exempt):
-            self.session_score += self.server.tarpit.observe(self.keys, Observation.UNKNOWN_RECIPIENT)
-        self.observation = _OBSERVED
-        return replies.UNKNOWN_USER
-
-    def _accept(self, mailbox: str, recipient: str) -> Reply:
-        # Kept aside until the reply is known: the policy may answer a flagged client 450 instead.
-        self.pending_mailbox = (mailbox, recipient)
-        return replies.RECIPIENT_OK
-
-    def _on_data(self, event: Event) -> Reply | None:
-        if self.transaction is None or not self.transaction.mailboxes:
-            # Only reachable when every 250 to RCPT was the harvest defence's uniform answer: the policy
-            # turns this into the uniform 451 while the flag holds; after it, the plain truth.
-            return replies.NO_VALID_RECIPIENTS
-        return replies.START_DATA
-
-    def _message_begins(self) -> None:
-        transaction, self.transaction = self.transaction, None
-        assert transaction is not None
-        runtime = self.server.runtime
-        message_id = self.server.new_message_id()
-        hostname = runtime.config.server.hostname
-        self.incoming = transaction.start(runtime.deliverer, self.conn, self.client, message_id, hostname)
-
-    def _message_part(self, event: MessagePart) -> None:
-        incoming = self.incoming
-        assert incoming is not None
-        incoming.part(event.content)
-        if incoming.backlog > HIGH_WATER and incoming.outgoing is not None:
-            # The destination is slower than the client: stop reading until it has caught up.
-            self._pause()
-            self.server.spawn(self._caught_up(incoming.outgoing))
-
-    async def _caught_up(self, outgoing: Outgoing) -> None:
-        await outgoing.drained()
-        self._resume()
-
-    def _on_message(self, event: Event) -> Reply | None:
-        assert isinstance(event, Message)
-        incoming, self.incoming = self.incoming, None
-        assert incoming is not None
-        self.server.spawn(self._deliver(incoming, event.content))
-        return None
-
-    async def _deliver(self, incoming: Incoming, text: bytes) -> None:
-        reply, result = await incoming.finish(text)
-        if reply.code == 250 and not (self.conn.authenticated or self.exempt):
-            self.server.tarpit.observe(self.keys, Observation.DELIVERED)
-        outcome = "accepted" if reply.code == 250 else "refused" if reply.code >= 500 else "deferred"
-        self.server.stats.message(outcome, time.monotonic() - incoming.started)
-        incoming.log(result)
-        self._finish(reply)
-
-    def _on_simple(self, event: Event) -> Reply | None:
-        return _SIMPLE[type(event)](self)
-
-    def _on_starttls(self, event: Event) -> Reply | None:
-        if self.server.runtime.tls is None:
-            return replies.TLS_UNAVAILABLE
-        self.tls_upgrading = True
-        return replies.READY_FOR_TLS
-
-    async def _upgrade(self) -> None:
-        runtime = self.server.runtime
-        assert runtime.tls is not None and self.transport is not None
-        try:
-            transport = await self.server.loop.start_tls(
-                self.transport,
-                self,
-                runtime.tls,
-                server_side=True,
-                ssl_handshake_timeout=30,
-                # After our 221/421 a client that never answers close_notify must not hold the session
-                # (and a shutdown) for asyncio's default 30 s.
-                ssl_shutdown_timeout=2,
-            )
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            log.info("TLS handshake with %s failed: %s", self.client, exc.__class__.__name__)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        if transport is None:
-            return
-        self.transport, self.tls_upgrading, self.busy = transport, False, False
-        self.last_active = self.server.loop.time()
-        self._pump()
-
-    def _on_auth(self, event: Event) -> Reply | None:
-        assert isinstance(event, AuthCredentials)
-        self.server.spawn(self._check_password(event))
-        return None
-
-    async def _check_password(self, event: AuthCredentials) -> None:
-        users = self.server.runtime.users
-        ok = False
-        try:
-            if users is not None and event.authzid in ("", event.username):
-                ok = await self.server.check_password(users, event.username, event.password)
-        except Exception:
-            log.exception("password check for %s failed unexpectedly", self.client)
-            self._finish(replies.AUTH_TEMPORARY_FAILURE)
-            return
-        if not ok:
-            self.observation = Observation.AUTH_FAILURE
-        log.info(
-            "auth client=%s user=%s mechanism=%s result=%s",
-            self.client,
-            event.username[:64],
-            event.mechanism,
-            "ok" if ok else "failed",
-        )
-        self._finish(replies.AUTH_OK if ok else replies.AUTH_FAILED)
-
-    def _on_answer(self, event: Event) -> Reply | None:
-        assert isinstance(event, Answer)
-        if self.incoming is not None and self.conn.in_data:  # the message is refused: none of it goes
-            self.incoming.abort()
-            self.incoming = None
-        if event.problem is not Problem.CHALLENGE:
-            self.observation = Observation.PROTOCOL
-        return event.reply
-
-    def _quit(self) -> Reply:
-        self.outcome = "quit"
-        return replies.bye(self.server.runtime.config.server.hostname)
-
-
-_SIMPLE: dict[type, Callable[[Session], Reply]] = {
-    Rset: lambda s: replies.OK,
-    Noop: lambda s: replies.OK,
-    Vrfy: lambda s: replies.VRFY_CANNOT,
-    Help: lambda s: replies.HELP,
-    Quit: Session._quit,
-}
-
-_HANDLERS: dict[type, Callable[[Session, Event], Reply | None]] = {
-    Helo: Session._on_helo,
-    Mail: Session._on_mail,
-    Rcpt: Session._on_rcpt,
-    Data: Session._on_data,
-    Message: Session._on_message,
-    Rset: Session._on_simple,
-    Noop: Session._on_simple,
-    Vrfy: Session._on_simple,
-    Help: Session._on_simple,
-    Quit: Session._on_simple,
-    StartTls: Session._on_starttls,
-    AuthCredentials: Session._on_auth,
-    Answer: Session._on_answer,
-}
-
-_KINDS: dict[type, tuple[Stage, str]] = {
-    Helo: (Stage.COMMAND, "helo"),
-    Mail: (Stage.COMMAND, "mail"),
-    Rcpt: (Stage.RCPT, "rcpt"),
-    Data: (Stage.DATA, "data"),
-    Message: (Stage.MESSAGE, "message"),
-    Rset: (Stage.COMMAND, "rset"),
-    Noop: (Stage.COMMAND, "noop"),
-    Vrfy: (Stage.COMMAND, "vrfy"),
-    Help: (Stage.COMMAND, "help"),
-    Quit: (Stage.QUIT, "quit"),
-    StartTls: (Stage.COMMAND, "starttls"),
-    AuthCredentials: (Stage.COMMAND, "auth"),
-    Answer: (Stage.COMMAND, "protocol"),
-}
