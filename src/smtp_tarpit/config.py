@@ -136,6 +136,7 @@ class LimitsConfig(Section):
     command_timeout: Seconds = Field(default=60.0, ge=1, le=3600)
     min_data_rate: int = Field(default=500, ge=0, le=100_000_000)
     min_free_space: Octets = Field(default=100 * 1024 * 1024, ge=0, le=2**40)
+    message_memory: Octets = Field(default=256 * 1024 * 1024, ge=1024 * 1024, le=2**40)
     overload: Literal["auto", "on", "off"] = "auto"
     overload_idle_timeout: Seconds = Field(default=10.0, ge=1, le=3600)
     overload_hard_error_limit: int = Field(default=1, ge=1, le=100_000)

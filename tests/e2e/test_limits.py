@@ -160,3 +160,50 @@ def test_overload_mode_engages_above_90_percent_and_ends_below_80(make_server) -
     finally:
         for sock in opened:
             sock.close()
+
+
+def _in_data(server: RunningServer) -> tuple[socket.socket, BinaryIO]:
+    """A session that has had its 354 and sent part of its message text."""
+    sock, reader = _connect(server)
+    sock.sendall(b"HELO c.test\r\nMAIL FROM:<s@r.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+    assert [reader.readline()[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+    sock.sendall(b"Subject: slow\r\n\r\n" + b"x" * 200 + b"\r\n")
+    return sock, reader
+
+
+def _send(server: RunningServer) -> None:
+    with smtplib.SMTP(server.host, server.port, timeout=10) as smtp:
+        smtp.sendmail("s@remote.test", ["alice@example.test"], b"Subject: x\r\n\r\nhi\r\n")
+
+
+def test_data_waits_for_room_when_message_memory_is_taken(make_server) -> None:  # type: ignore[no-untyped-def]
+    # 1 MiB holds two messages in progress (each counted at a socket read, a part and a backlog).
+    server = make_server(limits={"message_memory": "1MiB"})
+    first, first_reader = _in_data(server)
+    second, second_reader = _in_data(server)
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _send(server)
+    assert refused.value.smtp_code == 451
+    assert refused.value.smtp_error == b"4.3.2 Too many messages in progress, please try again later"
+    server.wait_for_log(r"message_memory taken by 2 messages in progress")
+    with first, first_reader:  # a message that ends gives its room back
+        first.sendall(b"\r\n.\r\nQUIT\r\n")
+        assert first_reader.readline().startswith(b"250 2.0.0 Ok: queued as ")
+    _send(server)
+    server.wait_for_log(r"message memory free again")
+    third, third_reader = _in_data(server)
+    with pytest.raises(smtplib.SMTPDataError):
+        _send(server)
+    second.close()  # a client gone in the middle of its message gives its room back too
+    second_reader.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _send(server)
+            break
+        except smtplib.SMTPDataError:
+            assert time.monotonic() < deadline, "the room of a session gone in DATA never came back"
+            time.sleep(0.05)
+    third.close()
+    third_reader.close()
+    assert len(server.messages()) == 3  # the first message and the two sent when there was room

@@ -128,6 +128,7 @@ TOO_MUCH_JUNK = _r(421, "4.7.0", "Too many commands without mail, closing connec
 COMMAND_TOO_SLOW = _r(421, "4.4.2", "Command not completed in time, closing connection")
 DATA_TOO_SLOW = _r(421, "4.4.2", "Message data too slow, closing connection")
 INSUFFICIENT_STORAGE = _r(452, "4.3.1", "Insufficient system storage, please try again later")
+TOO_MANY_MESSAGES = _r(451, "4.3.2", "Too many messages in progress, please try again later")
 SERVER_BUSY = _r(421, "4.7.0", "Server busy, please try again later")
 TRY_AGAIN_LATER = _r(450, "4.7.1", "Try again later")  # the harvest defence's uniform answer
 DEFER_MESSAGE = _r(451, "4.7.1", "Try again later")

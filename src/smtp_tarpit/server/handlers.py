@@ -124,6 +124,8 @@ def on_data(session: Session, event: Event) -> Reply | None:
         # Only reachable when every 250 to RCPT was the harvest defence's uniform answer: the policy
         # turns this into the uniform 451 while the flag holds; after it, the plain truth.
         return replies.NO_VALID_RECIPIENTS
+    if not session.server.room_for_a_message():
+        return replies.TOO_MANY_MESSAGES
     return replies.START_DATA
 
 

@@ -31,6 +31,7 @@ from smtp_tarpit.server.admin import open_admin_socket
 from smtp_tarpit.server.classify import Verdict, classify
 from smtp_tarpit.server.deadlines import Timeouts
 from smtp_tarpit.server.executor import Executor
+from smtp_tarpit.server.message import HIGH_WATER
 from smtp_tarpit.server.runtime import Runtime, build
 from smtp_tarpit.server.session import Session
 from smtp_tarpit.server.tarpit import Tarpit
@@ -84,6 +85,17 @@ def split_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+READ_CHUNK = 256 * 1024  # octets: the most asyncio's transports (and uvloop's) read from a socket at once
+
+
+def message_slots(message_memory: int, data_part: int) -> int:
+    """Messages that may be received at once within ``message_memory`` octets. Each is counted at the most
+    one session can hold of it: a socket read, the text not yet cut into a part (``data_part``) and the
+    backlog to its destination (``HIGH_WATER``); a longer message goes on to disk or downstream part by
+    part, so that bound holds whatever its size."""
+    return max(1, message_memory // (READ_CHUNK + data_part + HIGH_WATER))
+
+
 class Server:
     def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
         self.runtime = runtime
@@ -108,6 +120,9 @@ class Server:
         self._snapshot_at = loop.time()
         self._password_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.disk_low = False  # MAIL gets 452 4.3.1 while the Maildir's file system is nearly full
+        self.receiving = 0  # sessions between their 354 and the end of their message text
+        self.message_slots = message_slots(runtime.config.limits.message_memory, runtime.limits.data_part)
+        self._slots_full = False
         self._disk_timer: asyncio.TimerHandle | None = None
         self.admin: asyncio.Server | None = None
         self.http: Any = None  # aiohttp's AppRunner when [admin] listen is set
@@ -197,6 +212,23 @@ class Server:
             self.per_network[session.keys.prefix] = self.per_network.get(session.keys.prefix, 0) + 1
         self._check_load()
         return None
+
+    def room_for_a_message(self) -> bool:
+        """May a DATA be answered 354? Not while ``[limits] message_memory`` is taken by messages being
+        received (each counted at the most it can hold: ``message_slots``); one log line per episode."""
+        if self.receiving < self.message_slots:
+            if self._slots_full:
+                self._slots_full = False
+                log.warning("message memory free again: %d messages in progress", self.receiving)
+            return True
+        if not self._slots_full:
+            self._slots_full = True
+            log.warning(
+                "[limits] message_memory taken by %d messages in progress: DATA gets 451 until one ends",
+                self.receiving,
+            )
+        self.stats.cap("message_memory")
+        return False
 
     def _network_count(self, session: Session) -> int:
         return 0 if session.keys is None else self.per_network.get(session.keys.prefix, 0)
@@ -381,6 +413,7 @@ class Server:
         self.runtime = runtime
         self.executor.max_held = new.limits.max_tarpitted
         self.max_connections = connection_limit(new.limits.max_connections)
+        self.message_slots = message_slots(new.limits.message_memory, runtime.limits.data_part)
         self._check_load()
         self.tarpit.configure(runtime)
         self.tarpit.store.max_entries = new.reputation.max_entries

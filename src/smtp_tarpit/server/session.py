@@ -205,6 +205,8 @@ class Session(asyncio.Protocol):
         if self.incoming is not None:  # gone in the middle of a message: nothing of it is delivered
             self.incoming.abort()
             self.incoming = None
+        if self.data_since:
+            self._data_ends()
         if self.hold is not None:  # the client hung up while we held its reply: how patient was it?
             self.server.stats.hangups.observe(self.server.loop.time() - self.held_since)
         self.server.executor.drop(self)
@@ -313,7 +315,7 @@ class Session(asyncio.Protocol):
             self._data_begins()
             handlers.message_begins(self)
         elif self.data_since and not self.conn.in_data:
-            self.data_since, self.data_octets = 0.0, 0
+            self._data_ends()
         self.server.stats.reply(reply.code, self.label)
         if isinstance(how, Disconnect):
             self.outcome = "too-many-errors"
@@ -324,7 +326,12 @@ class Session(asyncio.Protocol):
 
     def _data_begins(self) -> None:
         self.data_since, self.data_octets = self.server.loop.time(), 0
+        self.server.receiving += 1  # its share of [limits] message_memory, until _data_ends
         self._check_by(self.data_since + self.server.runtime.config.limits.command_timeout)
+
+    def _data_ends(self) -> None:
+        self.data_since, self.data_octets = 0.0, 0
+        self.server.receiving -= 1
 
     def _decide(self, proposed: Reply) -> tuple[Reply, Pass | Delay | Disconnect]:
         tarpit = self.server.tarpit
