@@ -61,3 +61,26 @@ def test_a_sqlite_store_in_a_missing_folder_is_a_config_error(tmp_path: Path) ->
         start_server(tmp_path, {"reputation": {"store": "sqlite://missing/state.db"}})
     assert "[reputation] store: " in (tmp_path / "server.log").read_text()
     assert "missing is not a directory" in (tmp_path / "server.log").read_text()
+
+
+def test_the_snapshot_is_read_before_the_first_client_is_served(tmp_path: Path) -> None:
+    overrides = {"harvest": HARVEST, "reputation": {"snapshot": "snapshot.db"}}
+    server = start_server(tmp_path, overrides)
+    try:
+        _flag(server, "127.0.1.2")
+    finally:
+        assert server.stop() == 0
+    # Many more records make the snapshot slow to read: a client served before it is read would pass.
+    with sqlite3.connect(tmp_path / "snapshot.db") as db:
+        [(flagged,)] = db.execute("SELECT state FROM client_state WHERE key = 'ip:127.0.1.2'")
+        expires = db.execute("SELECT expires FROM client_state WHERE key = 'ip:127.0.1.2'").fetchone()[0]
+        db.executemany(
+            "INSERT INTO client_state (key, state, expires) VALUES (?, ?, ?)",
+            ((f"ip:10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", flagged, expires) for i in range(60_000)),
+        )
+    server = start_server(tmp_path, overrides)
+    try:
+        assert _first_rcpt(server, "127.0.1.2") == 450
+        server.wait_for_log(r"restored 60002 client records")
+    finally:
+        assert server.stop() == 0

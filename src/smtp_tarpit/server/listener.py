@@ -138,6 +138,9 @@ class Server:
         """Open every listener; return the (host, port) pairs actually bound (port 0 picks a free one)."""
         self._quiet_accept_errors()
         await self._clean_tmp()  # before the first client: nothing of ours is in flight yet
+        # Also before the first client: a restart must not let a flagged harvester in while the records
+        # load (CI caught a session accepted between the listener opening and the snapshot being read).
+        await self._restore_snapshot()
         bound = []
         for text in self.runtime.config.server.listen:
             host, port = split_listen(text)
@@ -154,7 +157,6 @@ class Server:
                 bound.append((address[0], address[1]))
                 log.info("listening on %s port %d", address[0], address[1])
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
-        await self._restore_snapshot()
         self._check_disk()
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
         if self.runtime.config.admin.listen:
