@@ -23,10 +23,7 @@ from typing import TYPE_CHECKING, cast
 from smtp_tarpit.policy.decisions import Delay, Disconnect, IPAddress, Pass, SessionFacts, Stage
 from smtp_tarpit.policy.reputation import ClientKeys, Observation
 from smtp_tarpit.protocol import Features, SmtpConnection, replies
-from smtp_tarpit.protocol.events import (
-    MessagePart,
-    NeedData,
-)
+from smtp_tarpit.protocol.events import MessagePart, NeedData
 from smtp_tarpit.protocol.proxy import ProxyHeaderError, parse_proxy_header
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server import handlers
