@@ -117,12 +117,14 @@ class Target:
         return []
 
 
-class TarpitTarget(Target):
-    name = "smtp-tarpit"
+class ProcessTarget(Target):
+    """A server that is one process of ours: started from ``command()``, measured and stopped by its PID."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        config = write_tarpit_config(self.folder, self.args.delay, self.mailboxes, max_connections=20000)
-        self.server = ServerProcess(self.name, smtp_tarpit_command(config), self.folder).start()
+        self.server = ServerProcess(self.name, self.command(), self.folder).start()
         self.host, self.port = self.server.host, self.server.port
 
     def cpu_seconds(self) -> float:
@@ -130,6 +132,14 @@ class TarpitTarget(Target):
 
     def stop(self) -> int | None:
         return self.server.stop()
+
+
+class TarpitTarget(ProcessTarget):
+    name = "smtp-tarpit"
+
+    def command(self) -> list[str]:
+        config = write_tarpit_config(self.folder, self.args.delay, self.mailboxes, max_connections=20000)
+        return smtp_tarpit_command(config)
 
     def kept(self) -> int | None:
         return len(maildir_files(self.folder / "mail", "new"))
@@ -149,18 +159,11 @@ class TarpitTarget(Target):
         return [line for line in self.server.log().splitlines() if TROUBLE.search(line)][:10]
 
 
-class SinkTarget(Target):
+class SinkTarget(ProcessTarget):
     name = "sink"
 
-    def start(self) -> None:
-        self.server = ServerProcess(self.name, baseline_command("sink"), self.folder).start()
-        self.host, self.port = self.server.host, self.server.port
-
-    def cpu_seconds(self) -> float:
-        return self.server.cpu_seconds()
-
-    def stop(self) -> int | None:
-        return self.server.stop()
+    def command(self) -> list[str]:
+        return baseline_command("sink")
 
     def kept(self) -> int | None:
         found = SINK_STOPPED.search(self.server.log())

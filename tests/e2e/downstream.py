@@ -30,6 +30,8 @@ from types import TracebackType
 
 import pytest
 
+from tests.polling import wait_until
+
 POSTFIX = Path("/usr/sbin/postfix")
 POSTMAP = Path("/usr/sbin/postmap")
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
@@ -154,7 +156,7 @@ def wait_gone(processes: dict[int, int] | list[int], timeout: float) -> list[int
     def left() -> list[int]:
         return [pid for pid, started in snapshot.items() if pid_alive(pid, started)]
 
-    _wait_until(lambda: not left(), timeout)
+    wait_until(lambda: not left(), timeout)
     return left()
 
 
@@ -172,16 +174,6 @@ def make_traversable(folder: Path) -> None:
         mode = parent.stat().st_mode
         if mode & 0o011 != 0o011:
             parent.chmod((mode & 0o7777) | 0o011)
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def _maildir_messages(new: Path) -> list[bytes]:
@@ -296,7 +288,7 @@ class PostfixInstance:
         self, mailbox: str = "alice@example.test", count: int = 1, timeout: float = 10.0
     ) -> list[bytes]:
         """Wait until ``mailbox`` holds at least ``count`` messages (delivery is asynchronous) and return them."""
-        if not _wait_until(lambda: len(self.messages(mailbox)) >= count, timeout):
+        if not wait_until(lambda: len(self.messages(mailbox)) >= count, timeout):
             found = len(self.messages(mailbox))
             raise AssertionError(
                 f"{mailbox}: {found} message(s) after {timeout}s, wanted {count}\n{self.log()[-4000:]}"
@@ -327,7 +319,7 @@ class PostfixInstance:
                 found.append(match)
             return match is not None
 
-        if not _wait_until(matched, timeout):
+        if not wait_until(matched, timeout):
             raise AssertionError(f"postfix log never matched {pattern!r}:\n{self.log()[-4000:]}")
         return found[0]
 
@@ -532,7 +524,7 @@ def _start(instance: PostfixInstance, extra: dict[str, str], timeout: float) -> 
         raise AssertionError(f"postfix start failed ({started.returncode}):\n{started.stderr}\n{log}")
     instance.master_pid = instance.read_master_pid()
     instance.master_started = start_time(instance.master_pid)
-    if not _wait_until(lambda: is_listening(instance.port, instance.host, instance.master_pid), timeout):
+    if not wait_until(lambda: is_listening(instance.port, instance.host, instance.master_pid), timeout):
         instance.stop()
         raise AssertionError(f"postfix never listened on {instance.host}:{instance.port}:\n{instance.log()}")
 
@@ -679,7 +671,7 @@ class SmtpSink:
         return [SinkMessage.parse(raw) for raw in self.messages()]
 
     def wait_for_messages(self, count: int = 1, timeout: float = 10.0) -> list[bytes]:
-        if not _wait_until(lambda: len(self.messages()) >= count, timeout):
+        if not wait_until(lambda: len(self.messages()) >= count, timeout):
             raise AssertionError(
                 f"smtp-sink: {len(self.messages())} message(s) after {timeout}s, wanted {count}"
             )
@@ -772,7 +764,7 @@ def _spawn_sink(folder: Path, args: list[str], port: int, lmtp: bool, timeout: f
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     sink = SmtpSink(folder=folder, port=port, process=process, lmtp=lmtp, args=args)
-    if not _wait_until(lambda: is_listening(port, pid=process.pid) or process.poll() is not None, timeout):
+    if not wait_until(lambda: is_listening(port, pid=process.pid) or process.poll() is not None, timeout):
         sink.stop_abruptly()
         raise AssertionError(f"smtp-sink never listened on {HOST}:{port}: {args}\n{sink.log()}")
     if process.poll() is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import RunningServer, start_server
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 
@@ -103,10 +104,8 @@ def _wait_stored(database: Path, client: str, unknowns: int) -> None:
     # A server writes what it saw beside the session, not before its reply, so the next connection can
     # arrive before the write commits (CI saw exactly that). Waiting here keeps the test about the store
     # adding up, not about who wins that race.
-    deadline = time.monotonic() + 10
-    while _stored_unknowns(database, client) < unknowns:
-        assert time.monotonic() < deadline, f"the store never held {unknowns} unknowns for {client}"
-        time.sleep(0.02)
+    stored = wait_until(lambda: _stored_unknowns(database, client) >= unknowns, timeout=10)
+    assert stored, f"the store never held {unknowns} unknowns for {client}"
 
 
 def test_each_client_is_judged_by_its_own_address(

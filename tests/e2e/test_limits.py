@@ -8,12 +8,14 @@ import select
 import smtplib
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
 from tests.e2e.helpers import RunningServer
+from tests.polling import wait_until
 
 
 def _connect(server: RunningServer) -> tuple[socket.socket, BinaryIO]:
@@ -176,6 +178,19 @@ def _send(server: RunningServer) -> None:
         smtp.sendmail("s@remote.test", ["alice@example.test"], b"Subject: x\r\n\r\nhi\r\n")
 
 
+def _sent(server: RunningServer) -> Callable[[], bool]:
+    """A condition for wait_until: one message sent, or refused at DATA for want of room (False)."""
+
+    def attempt() -> bool:
+        try:
+            _send(server)
+        except smtplib.SMTPDataError:
+            return False
+        return True
+
+    return attempt
+
+
 def test_data_waits_for_room_when_message_memory_is_taken(make_server) -> None:  # type: ignore[no-untyped-def]
     # 1 MiB holds two messages in progress (each counted at a socket read, a part and a backlog).
     server = make_server(limits={"message_memory": "1MiB"})
@@ -196,14 +211,7 @@ def test_data_waits_for_room_when_message_memory_is_taken(make_server) -> None: 
         _send(server)
     second.close()  # a client gone in the middle of its message gives its room back too
     second_reader.close()
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            _send(server)
-            break
-        except smtplib.SMTPDataError:
-            assert time.monotonic() < deadline, "the room of a session gone in DATA never came back"
-            time.sleep(0.05)
+    assert wait_until(_sent(server), timeout=10), "the room of a session gone in DATA never came back"
     third.close()
     third_reader.close()
     assert len(server.messages()) == 3  # the first message and the two sent when there was room

@@ -16,6 +16,7 @@ import pytest
 
 from smtp_tarpit.server import admin
 from tests.e2e.helpers import RunningServer, start_server
+from tests.polling import wait_until
 from tests.state.redis_server import RedisProcess, client, require_redis, start_redis
 
 HARVESTER, SENDER = "127.0.1.2", "127.0.2.3"
@@ -72,14 +73,13 @@ def _timed_session(server: RunningServer, source: str, recipients: list[str]) ->
 
 
 def _wait_flagged_in_redis(redis: RedisProcess, address: str) -> None:
-    deadline = time.monotonic() + 10
     with client(redis.port) as probe:
-        while True:
+
+        def flagged() -> bool:
             record = probe.get(f"smtp-tarpit:ip:{address}")
-            if record is not None and json.loads(record)["f"] > time.time():
-                return
-            assert time.monotonic() < deadline, f"the flag of {address} never reached Redis"
-            time.sleep(0.02)
+            return record is not None and json.loads(record)["f"] > time.time()
+
+        assert wait_until(flagged, timeout=10), f"the flag of {address} never reached Redis"
 
 
 def test_flagged_through_host_a_is_flagged_on_host_b_at_its_first_rcpt(

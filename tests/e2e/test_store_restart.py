@@ -72,8 +72,9 @@ def test_the_snapshot_is_read_before_the_first_client_is_served(tmp_path: Path) 
         assert server.stop() == 0
     # Many more records make the snapshot slow to read: a client served before it is read would pass.
     with sqlite3.connect(tmp_path / "snapshot.db") as db:
-        [(flagged,)] = db.execute("SELECT state FROM client_state WHERE key = 'ip:127.0.1.2'")
-        expires = db.execute("SELECT expires FROM client_state WHERE key = 'ip:127.0.1.2'").fetchone()[0]
+        [(flagged, expires)] = db.execute(
+            "SELECT state, expires FROM client_state WHERE key = 'ip:127.0.1.2'"
+        )
         db.executemany(
             "INSERT INTO client_state (key, state, expires) VALUES (?, ?, ?)",
             ((f"ip:10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", flagged, expires) for i in range(60_000)),

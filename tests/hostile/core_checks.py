@@ -22,15 +22,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from smtp_tarpit.protocol import Features, Limits, SmtpConnection, replies
-from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
 from smtp_tarpit.protocol.events import Event, Message, NeedData, StartTls
 from smtp_tarpit.protocol.replies import Reply
-from smtp_tarpit.protocol.state import State
 from tests.hostile.transcript import HOST, SessionModel, message_part
 from tests.hostile.wire import check_replies
-from tests.protocol.smtp_dialogue import expected_outcome
+from tests.protocol.smtp_dialogue import END, buffer_bound, expected_outcome
 
-END = b"\r\n.\r\n"
 FEATURES = Features(starttls=True, auth=True, plaintext_auth=True)
 
 
@@ -59,14 +56,6 @@ class Run:
     events: list[object] = field(default_factory=list)  # logical: parts joined into their message
     output: bytearray = field(default_factory=bytearray)
     sections: list[Section] = field(default_factory=list)
-
-
-def buffer_bound(conn: SmtpConnection) -> int:
-    if conn.in_data:
-        return conn.limits.message_size + len(END)
-    if conn.state is State.SASL:
-        return SASL_LINE_LIMIT
-    return conn.limits.command_line
 
 
 def _answer(

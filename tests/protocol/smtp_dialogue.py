@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smtp_tarpit.protocol import NEED_DATA, Features, Limits, SmtpConnection, replies
+from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
 from smtp_tarpit.protocol.events import (
     Answer,
     AuthCredentials,
@@ -31,6 +32,7 @@ from smtp_tarpit.protocol.events import (
     Vrfy,
 )
 from smtp_tarpit.protocol.replies import Reply
+from smtp_tarpit.protocol.state import State
 
 HOST = "mx.example.test"
 KNOWN_RECIPIENTS = frozenset({"alice@example.test", "bob@example.test", "postmaster"})
@@ -197,3 +199,15 @@ def expected_outcome(body: bytes, limits: Limits) -> Event:
             return Answer(replies.NUL_IN_TEXT, Problem.BARE_NEWLINE)
     unstuffed = (line[1:] if line.startswith(b".") else line for line in lines)
     return Message(b"".join(re.sub(rb"\r|\n", b"\r\n", line) + b"\r\n" for line in unstuffed))
+
+
+END = b"\r\n.\r\n"  # CRLF.CRLF: the only end of message text
+
+
+def buffer_bound(conn: SmtpConnection) -> int:
+    """The most input the core may keep buffered in its current state."""
+    if conn.in_data:
+        return conn.limits.message_size + len(END)
+    if conn.state is State.SASL:
+        return SASL_LINE_LIMIT
+    return conn.limits.command_line

@@ -11,20 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtp_tarpit.protocol import NEED_DATA, Features, Limits, SmtpConnection, replies
-from smtp_tarpit.protocol.connection import SASL_LINE_LIMIT
 from smtp_tarpit.protocol.events import Answer, Event, Message, MessagePart, StartTls
-from smtp_tarpit.protocol.state import State
 from tests.protocol.smtp_dialogue import (
+    END,
     HOST,
     TRANSACTION,
     Responder,
+    buffer_bound,
     canonical_reply,
     expected_outcome,
     with_overrides,
 )
 
 EHLO = b"EHLO client.example\r\n"
-END = b"\r\n.\r\n"
 TEXT = (
     END,
     END,
@@ -103,14 +102,6 @@ PROPERTY = settings(
 def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = [0, *sorted(set(cuts)), len(stream)]
     return [stream[a:b] for a, b in itertools.pairwise(points)]
-
-
-def buffer_bound(conn: SmtpConnection) -> int:
-    if conn.in_data:
-        return conn.limits.message_size + len(END)
-    if conn.state is State.SASL:
-        return SASL_LINE_LIMIT
-    return conn.limits.command_line
 
 
 def new_connection(limits: Limits, features: Features) -> tuple[SmtpConnection, bytearray]:

@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tests.polling import wait_until
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 REDIS_CLI = Path("/usr/bin/redis-cli")
@@ -119,16 +120,6 @@ class RedisProcess:
                 self.process.wait(timeout=timeout)
 
 
-def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def _answers(port: int) -> bool:
     try:
         with client(port, timeout=0.5) as probe:
@@ -139,7 +130,7 @@ def _answers(port: int) -> bool:
 
 def _ready(server: RedisProcess, timeout: float = 15.0) -> bool:
     """Wait until the server answers PING or exits; True if it answers."""
-    return _wait(lambda: server.process.poll() is not None or _answers(server.port), timeout) and (
+    return wait_until(lambda: server.process.poll() is not None or _answers(server.port), timeout) and (
         server.process.poll() is None
     )
 
@@ -204,7 +195,7 @@ def start_sentinel(folder: Path, master: RedisProcess, service: str = SERVICE) -
             return False
         return address is not None and int(address[1]) == master.port
 
-    if not _wait(knows_master, timeout=15):
+    if not wait_until(knows_master, timeout=15):
         sentinel.stop()
         raise RuntimeError(f"sentinel does not name the master; log:\n{sentinel.log()[-3000:]}")
     return sentinel
@@ -247,7 +238,7 @@ def start_cluster(folder: Path, nodes: int = 3) -> list[RedisProcess]:
         )
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
-        if not _wait(
+        if not wait_until(
             lambda: all(_cluster_ok(node.port, nodes) for node in started), timeout=30, interval=0.1
         ):
             raise RuntimeError("the cluster did not become ok in 30 s")

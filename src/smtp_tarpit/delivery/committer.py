@@ -159,7 +159,7 @@ def _settle(batch: list[_Job]) -> None:
             job.future.set_exception(job.error)
 
 
-def fsync_directory(path: str) -> None:
+def fsync_directory(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -116,7 +116,7 @@ class MaildirDeliverer:
                 except FileNotFoundError:
                     continue
             if removed:
-                _fsync_dir(tmp)
+                fsync_directory(tmp)
         return removed
 
     def _left_by_a_crash(self, name: str) -> bool:
@@ -185,7 +185,7 @@ class MaildirDeliverer:
             (box / sub).mkdir(parents=True, exist_ok=True)
         # Make the new directories themselves durable: fsync every parent up to the root.
         for directory in (box, box.parent, self.root, self.root.parent):
-            _fsync_dir(directory)
+            fsync_directory(directory)
         self._ready.add(box)
 
 
@@ -243,7 +243,3 @@ def _link(tmp: Path, box: Path, name: str, content: bytes | Callable[[], bytes])
         _write_durably(staged, content if isinstance(content, bytes) else content())
         os.rename(staged, target)
     return str(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fsync_directory(str(path))
