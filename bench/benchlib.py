@@ -170,11 +170,14 @@ class ServerProcess:
     def rss_kib(self) -> int:
         return self.status()["VmRSS"]
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (all its threads) so far."""
-        with open(f"/proc/{self.pid}/stat") as fh:
+    def cpu_seconds(self, kernel_only: bool = False, main_thread: bool = False) -> float:
+        """User + system CPU time of the server process (all its threads) so far; only the system (kernel)
+        part with ``kernel_only``; only the first thread's (an asyncio server's event loop) with
+        ``main_thread``."""
+        path = f"/proc/{self.pid}/task/{self.pid}/stat" if main_thread else f"/proc/{self.pid}/stat"
+        with open(path) as fh:
             fields = fh.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return (int(fields[12]) + (0 if kernel_only else int(fields[11]))) / CLOCK_TICKS
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM by PID and wait; SIGKILL if it does not exit in time. Returns the exit code."""

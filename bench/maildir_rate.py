@@ -92,8 +92,13 @@ class Target:
     def start(self) -> None:
         raise NotImplementedError
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self, kernel_only: bool = False) -> float:
+        """The server's CPU time so far (user + system, or only system with ``kernel_only``)."""
         raise NotImplementedError
+
+    def loop_cpu_seconds(self) -> float | None:
+        """CPU time so far of the thread that runs the event loop (None: not one process of ours)."""
+        return None
 
     def drain(self, expected: int) -> float:
         """Wait (bounded) for work the server does after its 250; return the seconds waited."""
@@ -127,8 +132,11 @@ class ProcessTarget(Target):
         self.server = ServerProcess(self.name, self.command(), self.folder).start()
         self.host, self.port = self.server.host, self.server.port
 
-    def cpu_seconds(self) -> float:
-        return self.server.cpu_seconds()
+    def cpu_seconds(self, kernel_only: bool = False) -> float:
+        return self.server.cpu_seconds(kernel_only)
+
+    def loop_cpu_seconds(self) -> float | None:
+        return self.server.cpu_seconds(main_thread=True)
 
     def stop(self) -> int | None:
         return self.server.stop()
@@ -181,9 +189,9 @@ class PostfixTarget(Target):
         self.postfix = start_acceptor(self.folder, self.mailboxes, self.disposal)
         self.port = self.postfix.port
 
-    def cpu_seconds(self) -> float:
+    def cpu_seconds(self, kernel_only: bool = False) -> float:
         assert self.postfix is not None
-        return postfix_cpu_seconds(self.postfix)
+        return postfix_cpu_seconds(self.postfix, kernel_only)
 
     def _done(self) -> int:
         assert self.postfix is not None
@@ -241,6 +249,10 @@ def make_target(kind: str, folder: Path, args: argparse.Namespace) -> Target:
     return PostfixTarget(folder, args, kind.removeprefix("postfix:"))
 
 
+def difference(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
 # --- the two load generators --------------------------------------------------------------------------------
 
 
@@ -253,8 +265,11 @@ async def python_load(target: Target, args: argparse.Namespace, message: bytes) 
     busy_before = wait_until_quiet(args.wait_quiet)
     load = Load(target.host, target.port, args.messages, message, rcpts, args.step_timeout, args.reuse)
     cpu_server, cpu_client, cpu_all = target.cpu_seconds(), time.process_time(), system_cpu_busy_seconds()
+    kernel_server, loop_server = target.cpu_seconds(kernel_only=True), target.loop_cpu_seconds()
     elapsed, timed_out = await drive(load, args.clients, args.timeout)
     cpu_server, cpu_client = target.cpu_seconds() - cpu_server, time.process_time() - cpu_client
+    kernel_server = target.cpu_seconds(kernel_only=True) - kernel_server
+    loop_server = difference(target.loop_cpu_seconds(), loop_server)
     return {
         "warm_up_ok": warm.ok,
         "ok": load.ok,
@@ -268,7 +283,12 @@ async def python_load(target: Target, args: argparse.Namespace, message: bytes) 
             "p99": (quantile(load.latencies, 0.99) or 0) * 1000,
             "max": max(load.latencies, default=0) * 1000,
         },
-        "cpu_seconds": {"server": cpu_server, "client": cpu_client},
+        "cpu_seconds": {
+            "server": cpu_server,
+            "server_kernel": kernel_server,
+            "server_loop": loop_server,
+            "client": cpu_client,
+        },
         "cpu_all": system_cpu_busy_seconds() - cpu_all,
         "machine_busy_share_before": busy_before,
     }
@@ -290,6 +310,7 @@ def source_load(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     warm_ok = args.clients if warm.exit_code == 0 and not warm.timed_out else None
     busy_before = wait_until_quiet(args.wait_quiet)
     cpu_server, cpu_all = target.cpu_seconds(), system_cpu_busy_seconds()
+    kernel_server, loop_server = target.cpu_seconds(kernel_only=True), target.loop_cpu_seconds()
     source = smtp_source(
         target.port,
         mailbox,
@@ -301,6 +322,8 @@ def source_load(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         timeout=args.timeout,
     )
     cpu_server = target.cpu_seconds() - cpu_server
+    kernel_server = target.cpu_seconds(kernel_only=True) - kernel_server
+    loop_server = difference(target.loop_cpu_seconds(), loop_server)
     complete = source.exit_code == 0 and not source.timed_out
     return {
         "warm_up_ok": warm_ok,
@@ -312,7 +335,12 @@ def source_load(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         "elapsed_seconds": source.elapsed,
         "timed_out": source.timed_out,
         "latency_ms": None,
-        "cpu_seconds": {"server": cpu_server, "client": source.cpu_seconds},
+        "cpu_seconds": {
+            "server": cpu_server,
+            "server_kernel": kernel_server,
+            "server_loop": loop_server,
+            "client": source.cpu_seconds,
+        },
         "cpu_all": system_cpu_busy_seconds() - cpu_all,
         "machine_busy_share_before": busy_before,
         "dots_sent": source.dots_sent,
@@ -355,6 +383,8 @@ async def one_run(
         cpu_ms_per_message={
             "server": 1000 * cpu["server"] / ok if ok else None,
             "server_incl_drain": 1000 * (cpu["server"] + cpu_drain) / ok if ok else None,
+            "server_kernel": 1000 * cpu["server_kernel"] / ok if ok else None,
+            "server_loop": 1000 * cpu["server_loop"] / ok if ok and cpu["server_loop"] is not None else None,
             "client": 1000 * cpu["client"] / ok if ok else None,
         },
         # Share of the machine's CPUs used by everything else during the load (other users, the kernel's own
@@ -390,7 +420,7 @@ def median_of(values: list[float | None]) -> float | None:
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     cpu = {
         key: median_of([r["cpu_ms_per_message"][key] for r in runs])
-        for key in ("server", "server_incl_drain", "client")
+        for key in ("server", "server_incl_drain", "server_kernel", "server_loop", "client")
     }
     latencies = [r["latency_ms"] for r in runs if r["latency_ms"]]
     return {
@@ -448,6 +478,8 @@ def report(summary: dict[str, dict[str, Any]], found: dict[str, dict[str, float 
         "p50 ms",
         "p99 ms",
         "srv CPU ms/msg (+drain)",
+        "of it kernel",
+        "of it event loop",
         "cli CPU ms/msg",
         "drain s",
         "others' CPU",
@@ -465,6 +497,8 @@ def report(summary: dict[str, dict[str, Any]], found: dict[str, dict[str, float 
                     fmt(s["median_latency_p50_ms"], ".1f"),
                     fmt(s["median_latency_p99_ms"], ".1f"),
                     f"{fmt(cpu['server'], '.2f')} ({fmt(cpu['server_incl_drain'], '.2f')})",
+                    fmt(cpu["server_kernel"], ".2f"),
+                    fmt(cpu["server_loop"], ".2f"),
                     fmt(cpu["client"], ".2f"),
                     fmt(s["median_drain_seconds"], ".1f"),
                     f"<= {100 * (s['max_others_cpu_share'] or 0):.0f}%",

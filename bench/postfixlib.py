@@ -64,25 +64,27 @@ def start_acceptor(folder: Path, mailboxes: list[str], disposal: str) -> Postfix
     return start_postfix(folder, mailboxes, smtpd_options=options)
 
 
-def proc_times(pid: int) -> tuple[float, float]:
-    """(utime + stime, cutime + cstime) of ``pid`` in seconds, from /proc/PID/stat; (0, 0) if it is gone."""
+def proc_times(pid: int, kernel_only: bool = False) -> tuple[float, float]:
+    """(utime + stime, cutime + cstime) of ``pid`` in seconds, from /proc/PID/stat; (0, 0) if it is gone.
+    With ``kernel_only``, (stime, cstime)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rpartition(")")[2].split()
     except OSError:
         return 0.0, 0.0
-    own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    children = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    user = 0 if kernel_only else 1
+    own = (user * int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    children = (user * int(fields[13]) + int(fields[14])) / CLOCK_TICKS
     return own, children
 
 
-def postfix_cpu_seconds(postfix: PostfixInstance) -> float:
+def postfix_cpu_seconds(postfix: PostfixInstance, kernel_only: bool = False) -> float:
     """CPU time of the whole Postfix instance so far: every live process of it (master, smtpd, cleanup, qmgr,
     virtual, ...) plus what the master has reaped (smtpd exits after max_use connections; its time then
     moves to the master's cutime/cstime)."""
     total = 0.0
     for pid in postfix.processes():
-        own, children = proc_times(pid)
+        own, children = proc_times(pid, kernel_only)
         total += own + (children if pid == postfix.master_pid else 0.0)
     return total
 
