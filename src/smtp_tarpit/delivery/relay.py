@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import re
@@ -103,7 +104,7 @@ def enhanced_code(message: str, code: int) -> str:
     return f"{str(code)[0]}.0.0"
 
 
-class DownstreamDeliverer:
+class DownstreamDeliverer(abc.ABC):
     """What the SMTP and LMTP deliverers share: the target, the connection bound, the "down" state."""
 
     final = False
@@ -118,6 +119,7 @@ class DownstreamDeliverer:
 
     def check(self) -> None:
         """Nothing to check without a round trip (the downstream may start after us); see ``available``."""
+        return None
 
     async def close(self) -> None:
         return None
@@ -140,9 +142,9 @@ class DownstreamDeliverer:
     def begin(self, envelope: Envelope, head: bytes) -> Outgoing:
         return Outgoing(lambda out: self._relay(envelope, head, out))
 
+    @abc.abstractmethod
     async def _relay(self, envelope: Envelope, head: bytes, out: Outgoing) -> None:
         """One transaction downstream: open it, send ``head`` and the parts of ``out``, end it."""
-        raise NotImplementedError
 
     def slot(self) -> asyncio.Semaphore:
         """The bound on downstream connections (made lazily: it belongs to the running loop)."""
