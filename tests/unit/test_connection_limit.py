@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 
-from smtp_tarpit.server.listener import connection_limit, listen_backlog
+from smtp_tarpit.server.sizing import connection_limit, listen_backlog
 
 
 def test_the_listen_backlog_is_an_eighth_of_the_descriptors_within_128_and_4096() -> None:

@@ -5,6 +5,8 @@ each event with exactly one reply through ``send``, which returns the bytes to w
 transition that reply implies (a RCPT answered 250 counts as a recipient; a DATA answered 354 starts the
 message text). Because the next event is only produced after the previous one is answered, pipelined
 commands are judged in order against the state their predecessors left. No asyncio, no sockets, no clock.
+This module owns the state, the order of commands, message text and AUTH's exchange; what a command's
+argument says is parsed in commands.py.
 
 Invariants:
 - A command line is at most ``command_line`` octets including CRLF; a longer one is discarded whole and
@@ -20,8 +22,7 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtp_tarpit.protocol import data, replies
-from smtp_tarpit.protocol.address import Address, AddressError, parse_path
+from smtp_tarpit.protocol import commands, data, replies
 from smtp_tarpit.protocol.events import (
     NEED_DATA,
     Answer,
@@ -40,7 +41,6 @@ from smtp_tarpit.protocol.events import (
     Rcpt,
     Rset,
     StartTls,
-    Vrfy,
 )
 from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.protocol.state import VERBS, State, Verb, lookup
@@ -279,88 +279,6 @@ class SmtpConnection:
             return replies.TLS_ALREADY_ACTIVE
         return None
 
-    def _helo(self, argument: str, extended: bool) -> Event:
-        if not argument or " " in argument:
-            return Answer(replies.SYNTAX_EHLO if extended else replies.SYNTAX_HELO, Problem.SYNTAX)
-        return Helo(argument, extended)
-
-    def _parse_ehlo(self, argument: str) -> Event:
-        return self._helo(argument, True)
-
-    def _parse_helo(self, argument: str) -> Event:
-        return self._helo(argument, False)
-
-    def _parse_mail(self, argument: str) -> Event:
-        if argument[:5].upper() != "FROM:":
-            return Answer(replies.SYNTAX_MAIL, Problem.SYNTAX)
-        try:
-            sender, params = parse_path(argument[5:], allow_null=True)
-        except AddressError:
-            return Answer(replies.BAD_SENDER_SYNTAX, Problem.SYNTAX)
-        if params and not self.extended:
-            return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
-        return self._mail_with_params(sender, params)
-
-    def _mail_with_params(self, sender: Address | None, params: dict[str, str | None]) -> Event:
-        size: int | None = None
-        smtputf8 = "SMTPUTF8" in params
-        eight_bit = False
-        for key, value in params.items():
-            if key == "SIZE" and value is not None and _is_number(value):
-                size = int(value)
-            elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
-                eight_bit = value.upper() == "8BITMIME"
-            elif (key == "SMTPUTF8" and value is None) or (key == "AUTH" and value is not None):
-                pass  # AUTH=<mailbox> (RFC 4954 section 5) is accepted and not trusted
-            else:
-                return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
-        if size is not None and size > self.limits.message_size:
-            return Answer(replies.SIZE_DECLARED_TOO_BIG, Problem.MESSAGE_TOO_BIG)
-        if sender is not None and not sender.is_ascii and not smtputf8:
-            return Answer(replies.NON_ASCII_ADDRESS, Problem.SYNTAX)
-        return Mail(sender, size, smtputf8, eight_bit)
-
-    def _parse_rcpt(self, argument: str) -> Event:
-        if argument[:3].upper() != "TO:":
-            return Answer(replies.SYNTAX_RCPT, Problem.SYNTAX)
-        try:
-            recipient, params = parse_path(argument[3:], allow_null=True)
-        except AddressError:
-            return Answer(replies.BAD_RECIPIENT_SYNTAX, Problem.SYNTAX)
-        if recipient is None:
-            return Answer(replies.NULL_RECIPIENT, Problem.SYNTAX)
-        if params:
-            return Answer(replies.UNKNOWN_PARAMETER, Problem.SYNTAX)
-        if not recipient.is_ascii and not self.smtputf8:
-            return Answer(replies.NON_ASCII_ADDRESS, Problem.SYNTAX)
-        if self.recipients >= self.limits.recipients:
-            return Answer(replies.TOO_MANY_RECIPIENTS, Problem.TOO_MANY_RECIPIENTS)
-        return Rcpt(recipient)
-
-    def _no_argument(self, argument: str, event: Event) -> Event:
-        return Answer(replies.NO_ARGUMENTS, Problem.SYNTAX) if argument else event
-
-    def _parse_data(self, argument: str) -> Event:
-        return self._no_argument(argument, Data())
-
-    def _parse_rset(self, argument: str) -> Event:
-        return self._no_argument(argument, Rset())
-
-    def _parse_starttls(self, argument: str) -> Event:
-        return self._no_argument(argument, StartTls())
-
-    def _parse_noop(self, argument: str) -> Event:
-        return Noop()
-
-    def _parse_quit(self, argument: str) -> Event:
-        return Quit()
-
-    def _parse_help(self, argument: str) -> Event:
-        return Help()
-
-    def _parse_vrfy(self, argument: str) -> Event:
-        return Vrfy(argument) if argument else Answer(replies.SYNTAX_VRFY, Problem.SYNTAX)
-
     # --- AUTH (RFC 4954; PLAIN per RFC 4616, LOGIN as every client sends it) ------------------------------
 
     @property
@@ -498,26 +416,24 @@ class SmtpConnection:
         self.smtputf8 = False
 
 
-def _is_number(text: str) -> bool:
-    # ASCII digits only: str.isdigit() also accepts "\u00b2", on which int() raises.
-    return text.isascii() and text.isdigit() and len(text) <= 20
-
-
 _JUNK = frozenset((Verb.NOOP, Verb.RSET, Verb.VRFY, Verb.HELP))
 _NOT_SMTP = frozenset(("GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS"))
 
+# Each command's argument parser (commands.py), given what it needs of the connection.
 _PARSERS: dict[Verb, Callable[[SmtpConnection, str], Event]] = {
-    Verb.HELO: SmtpConnection._parse_helo,
-    Verb.EHLO: SmtpConnection._parse_ehlo,
-    Verb.MAIL: SmtpConnection._parse_mail,
-    Verb.RCPT: SmtpConnection._parse_rcpt,
-    Verb.DATA: SmtpConnection._parse_data,
-    Verb.RSET: SmtpConnection._parse_rset,
-    Verb.NOOP: SmtpConnection._parse_noop,
-    Verb.QUIT: SmtpConnection._parse_quit,
-    Verb.VRFY: SmtpConnection._parse_vrfy,
-    Verb.HELP: SmtpConnection._parse_help,
-    Verb.STARTTLS: SmtpConnection._parse_starttls,
+    Verb.HELO: lambda conn, argument: commands.helo(argument, extended=False),
+    Verb.EHLO: lambda conn, argument: commands.helo(argument, extended=True),
+    Verb.MAIL: lambda conn, argument: commands.mail(argument, conn.extended, conn.limits.message_size),
+    Verb.RCPT: lambda conn, argument: commands.rcpt(
+        argument, conn.smtputf8, conn.recipients >= conn.limits.recipients
+    ),
+    Verb.DATA: lambda conn, argument: commands.no_argument(argument, Data()),
+    Verb.RSET: lambda conn, argument: commands.no_argument(argument, Rset()),
+    Verb.NOOP: lambda conn, argument: Noop(),
+    Verb.QUIT: lambda conn, argument: Quit(),
+    Verb.VRFY: lambda conn, argument: commands.vrfy(argument),
+    Verb.HELP: lambda conn, argument: Help(),
+    Verb.STARTTLS: lambda conn, argument: commands.no_argument(argument, StartTls()),
     Verb.AUTH: SmtpConnection._parse_auth,
 }
 

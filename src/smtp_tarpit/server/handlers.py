@@ -63,7 +63,7 @@ def on_helo(session: Session, event: Event) -> Reply | None:
 
 def on_mail(session: Session, event: Event) -> Reply | None:
     assert isinstance(event, Mail)
-    if session.server.disk_low:
+    if session.server.disk.low:
         return replies.INSUFFICIENT_STORAGE
     session.transaction = Transaction(
         str(event.sender) if event.sender else "", event.smtputf8, event.eight_bit

@@ -14,10 +14,8 @@ import concurrent.futures
 import itertools
 import logging
 import os
-import resource
 import time
 from collections.abc import Awaitable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from smtp_tarpit.auth.passwords import Users
@@ -30,10 +28,11 @@ from smtp_tarpit.protocol.replies import Reply
 from smtp_tarpit.server.admin import open_admin_socket
 from smtp_tarpit.server.classify import Verdict, classify
 from smtp_tarpit.server.deadlines import Timeouts
+from smtp_tarpit.server.disk import CHECK_EVERY, DiskWatch, clean_tmp
 from smtp_tarpit.server.executor import Executor
-from smtp_tarpit.server.message import HIGH_WATER
 from smtp_tarpit.server.runtime import Runtime, build
 from smtp_tarpit.server.session import Session
+from smtp_tarpit.server.sizing import connection_limit, descriptor_limit, listen_backlog, message_slots
 from smtp_tarpit.server.tarpit import Tarpit
 from smtp_tarpit.state import snapshot
 from smtp_tarpit.state.memory import MemoryStore
@@ -44,56 +43,11 @@ PURGE_EVERY = 60.0  # seconds between sweeps of idle client records
 OVERLOAD_ON, OVERLOAD_OFF = 0.9, 0.8  # of the connection limit
 ACCEPT_WARN_EVERY = 10.0  # seconds between warnings while descriptors are exhausted
 PASSWORD_CHECKS = 2  # password checks (scrypt) running at once
-DISK_CHECK_EVERY = 5.0  # seconds between free-space checks of the Maildir's file system
-
-
-def _free_space(root: Path) -> int:
-    """Octets an unprivileged writer may still use where ``root`` is (or would be made)."""
-    path = root
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def descriptor_limit() -> int:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 1_000_000 if soft == resource.RLIM_INFINITY else soft
-
-
-def listen_backlog(descriptors: int) -> int:
-    """The listen queue: connections the kernel holds for us at a peak (the kernel caps it at somaxconn).
-    asyncio also accepts up to this many in one go, so it must fit under the descriptor limit."""
-    return min(4096, max(128, descriptors // 8))
-
-
-def connection_limit(configured: int) -> int:
-    """``[limits] max_connections``, or for 0 the descriptor limit less a reserve: one accept burst
-    (the listen backlog: asyncio accepts that many before a session can refuse with 421) plus a tenth,
-    at most 1000, for message files, DNS sockets, downstream connections and the listeners themselves.
-    Descriptors then never run out, which asyncio handles badly (a log line and a retry timer for each
-    connection left in the backlog, every second)."""
-    if configured:
-        return configured
-    descriptors = descriptor_limit()
-    reserve = listen_backlog(descriptors) + min(1000, max(32, descriptors // 10))
-    return max(descriptors - reserve, 1)
 
 
 def split_listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-READ_CHUNK = 256 * 1024  # octets: the most asyncio's transports (and uvloop's) read from a socket at once
-
-
-def message_slots(message_memory: int, data_part: int) -> int:
-    """Messages that may be received at once within ``message_memory`` octets. Each is counted at the most
-    one session can hold of it: a socket read, the text not yet cut into a part (``data_part``) and the
-    backlog to its destination (``HIGH_WATER``); a longer message goes on to disk or downstream part by
-    part, so that bound holds whatever its size."""
-    return max(1, message_memory // (READ_CHUNK + data_part + HIGH_WATER))
 
 
 class Server:
@@ -119,7 +73,7 @@ class Server:
         self._purger: asyncio.TimerHandle | None = None
         self._snapshot_at = loop.time()
         self._password_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.disk_low = False  # MAIL gets 452 4.3.1 while the Maildir's file system is nearly full
+        self.disk = DiskWatch(self.stats)  # MAIL gets 452 4.3.1 while the Maildir's disk is nearly full
         self.receiving = 0  # sessions between their 354 and the end of their message text
         self.message_slots = message_slots(runtime.config.limits.message_memory, runtime.limits.data_part)
         self._slots_full = False
@@ -137,7 +91,8 @@ class Server:
     async def start(self) -> list[tuple[str, int]]:
         """Open every listener; return the (host, port) pairs actually bound (port 0 picks a free one)."""
         self._quiet_accept_errors()
-        await self._clean_tmp()  # before the first client: nothing of ours is in flight yet
+        if isinstance(self.runtime.deliverer, MaildirDeliverer):
+            await clean_tmp(self.runtime.deliverer)  # before the first client: nothing of ours is in flight
         # Also before the first client: a restart must not let a flagged harvester in while the records
         # load (CI caught a session accepted between the listener opening and the snapshot being read).
         await self._restore_snapshot()
@@ -299,44 +254,13 @@ class Server:
             self.spawn(self._save_snapshot())
         self._purger = self.loop.call_later(min(PURGE_EVERY, interval or PURGE_EVERY), self._purge)
 
-    async def _clean_tmp(self) -> None:
-        deliverer = self.runtime.deliverer
-        if not isinstance(deliverer, MaildirDeliverer):
-            return
-        try:
-            removed = await asyncio.to_thread(deliverer.clean_tmp)
-        except OSError as exc:
-            log.warning("could not clean the Maildirs' tmp folders: %s", exc)
-            return
-        if removed:
-            log.info("removed %d unfinished files from the Maildirs' tmp folders (left by a crash)", removed)
-
     def _check_disk(self) -> None:
-        self._disk_timer = self.loop.call_later(DISK_CHECK_EVERY, self._check_disk)
+        self._disk_timer = self.loop.call_later(CHECK_EVERY, self._check_disk)
         deliverer, minimum = self.runtime.deliverer, self.runtime.config.limits.min_free_space
         if isinstance(deliverer, MaildirDeliverer) and minimum:
-            self.spawn(self._measure_disk(deliverer.root, minimum))
+            self.spawn(self.disk.measure(deliverer.root, minimum))
         else:
-            self.disk_low = False
-
-    async def _measure_disk(self, root: Path, minimum: int) -> None:
-        try:
-            free = await asyncio.to_thread(_free_space, root)
-        except OSError as exc:
-            log.warning("cannot tell the free space of %s: %s", root, exc)
-            return
-        low = free < minimum
-        if low != self.disk_low:
-            self.disk_low = low
-            if low:
-                self.stats.cap("min_free_space")
-                log.error(
-                    "%s has %d MiB free, below [limits] min_free_space: MAIL gets 452 4.3.1 for now",
-                    root,
-                    free // 2**20,
-                )
-            else:
-                log.warning("%s has %d MiB free again: accepting mail", root, free // 2**20)
+            self.disk.low = False
 
     @staticmethod
     async def _call_store(call: Awaitable[object]) -> None:
