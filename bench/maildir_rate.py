@@ -29,6 +29,7 @@ import datetime
 import os
 import re
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -167,6 +168,57 @@ class TarpitTarget(ProcessTarget):
         return [line for line in self.server.log().splitlines() if TROUBLE.search(line)][:10]
 
 
+class TarpitGroupTarget(TarpitTarget):
+    """``count`` smtp-tarpit processes on one port (``[server] reuse_port``: the kernel spreads the
+    connections), one Maildir, one SQLite client store (what several processes of one host must share)."""
+
+    def __init__(self, folder: Path, args: argparse.Namespace, count: int) -> None:
+        super().__init__(folder, args)
+        self.count = count
+        self.name = f"smtp-tarpit x{count}"
+        self.servers: list[ServerProcess] = []
+
+    def start(self) -> None:
+        port = free_port()
+        for number in range(self.count):
+            sub = self.folder / f"p{number}"  # its own config, log and admin socket
+            sub.mkdir()
+            config = write_tarpit_config(
+                sub,
+                self.args.delay,
+                self.mailboxes,
+                max_connections=20000,
+                extra=f'[reputation]\nstore = "sqlite://{self.folder / "state.db"}"\n',
+            )
+            text = config.read_text().replace('maildir = "mail"', f'maildir = "{self.folder / "mail"}"')
+            shared = f'listen = ["127.0.0.1:{port}"]\nreuse_port = true'
+            config.write_text(text.replace('listen = ["127.0.0.1:0"]', shared))
+            server = ServerProcess(f"{self.name}-{number}", smtp_tarpit_command(config), sub).start()
+            self.servers.append(server)
+        self.server = self.servers[0]
+        self.host, self.port = self.server.host, self.server.port
+
+    def cpu_seconds(self, kernel_only: bool = False) -> float:
+        return sum(server.cpu_seconds(kernel_only) for server in self.servers)
+
+    def loop_cpu_seconds(self) -> float | None:
+        return sum(server.cpu_seconds(main_thread=True) for server in self.servers)
+
+    def stop(self) -> int | None:
+        codes = [server.stop() for server in self.servers]
+        return next((code for code in codes if code), 0)
+
+    def trouble(self) -> list[str]:
+        lines = [line for server in self.servers for line in server.log().splitlines()]
+        return [line for line in lines if TROUBLE.search(line)][:10]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class SinkTarget(ProcessTarget):
     name = "sink"
 
@@ -246,6 +298,9 @@ def make_target(kind: str, folder: Path, args: argparse.Namespace) -> Target:
         return TarpitTarget(folder, args)
     if kind == "sink":
         return SinkTarget(folder, args)
+    group = re.fullmatch(r"smtp-tarpit-x(\d+)", kind)
+    if group:
+        return TarpitGroupTarget(folder, args, int(group.group(1)))
     return PostfixTarget(folder, args, kind.removeprefix("postfix:"))
 
 
@@ -445,10 +500,11 @@ def ratios(summary: dict[str, dict[str, Any]], kinds: list[str]) -> dict[str, di
     for generator, servers in summary.items():
         rates = {name: s["median_rate"] for name, s in servers.items()}
         found: dict[str, float | None] = {}
-        tarpit, sink = rates.get("smtp-tarpit"), rates.get("sink")
-        for name, rate in rates.items():
-            if name.startswith("postfix") and tarpit is not None:
-                found[f"smtp-tarpit / {name}"] = tarpit / rate if rate else None
+        sink = rates.get("sink")
+        for ours, tarpit in rates.items():
+            for name, rate in rates.items():
+                if ours.startswith("smtp-tarpit") and name.startswith("postfix") and tarpit is not None:
+                    found[f"{ours} / {name}"] = tarpit / rate if rate else None
         for name, rate in rates.items():
             if name != "sink" and sink and rate is not None:
                 found[f"{name} / sink"] = rate / sink
@@ -512,7 +568,7 @@ def report(summary: dict[str, dict[str, Any]], found: dict[str, dict[str, float 
     for generator, pairs in found.items():
         for name, value in pairs.items():
             verdict = ""
-            if name.startswith("smtp-tarpit / postfix") and value is not None:
+            if name.startswith("smtp-tarpit") and " / postfix" in name and value is not None:
                 met = "met" if value >= TARGET_RATIO else "NOT MET"
                 verdict = f"  (target >= {TARGET_RATIO:g}: {met})"
             text += f"\nratio {name} [{generator}]: {fmt(value, '.3f')}{verdict}"
@@ -638,7 +694,12 @@ def main() -> int:
     )
     parser.add_argument("--reuse", action="store_true", help="one connection per client for all its messages")
     parser.add_argument("--runs", type=int, default=3, help="runs per server; the median is reported")
-    parser.add_argument("--servers", default="smtp-tarpit,postfix,sink", help="comma-separated subset")
+    parser.add_argument(
+        "--servers",
+        default="smtp-tarpit,postfix,sink",
+        help="comma-separated subset; smtp-tarpit-xN adds N smtp-tarpit processes sharing one port "
+        "([server] reuse_port), one Maildir and one SQLite client store (x1: the store's cost alone)",
+    )
     parser.add_argument("--generators", default=",".join(GENERATORS), help="python, smtp-source or both")
     parser.add_argument(
         "--postfix-disposal",
@@ -672,8 +733,9 @@ def main() -> int:
         parser.error("--messages, --clients, --runs and --mailboxes must be at least 1")
     if args.size < 300:
         parser.error("--size must be at least 300 octets")
-    if not set(args.servers.split(",")) <= {"smtp-tarpit", "postfix", "sink"}:
-        parser.error("--servers: smtp-tarpit, postfix, sink")
+    known = re.compile(r"smtp-tarpit|smtp-tarpit-x([1-9]|[1-5][0-9]|6[0-4])|postfix|sink")
+    if not all(known.fullmatch(server) for server in args.servers.split(",")):
+        parser.error("--servers: smtp-tarpit, smtp-tarpit-xN (N from 1 to 64), postfix, sink")
     if not set(args.generators.split(",")) <= set(GENERATORS):
         parser.error("--generators: python, smtp-source")
     if not set(args.postfix_disposal.split(",")) <= set(DISPOSALS):

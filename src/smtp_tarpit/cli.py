@@ -26,7 +26,7 @@ from smtp_tarpit.observability import logs
 from smtp_tarpit.server import admin
 from smtp_tarpit.server import runtime as runtime_module
 from smtp_tarpit.server.admin import AdminError
-from smtp_tarpit.server.listener import Server
+from smtp_tarpit.server.listener import ListenError, Server
 
 log = logging.getLogger("smtp_tarpit")
 EXIT_CONFIG = 2
@@ -135,6 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
             runner.run(_run(built))
     except AdminError as exc:
         print(f"smtp-tarpit: [admin] socket: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ListenError as exc:
+        print(f"smtp-tarpit: [server] listen: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 

@@ -120,6 +120,7 @@ class ServerConfig(Section):
     shutdown_grace: Seconds = Field(default=30.0, ge=0, le=600)
     proxy_protocol_from: list[Network] = []
     uvloop: bool = True
+    reuse_port: bool = False  # SO_REUSEPORT: several processes on one address and port (a restart applies it)
 
 
 class LimitsConfig(Section):

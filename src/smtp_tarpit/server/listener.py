@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import itertools
 import logging
 import os
@@ -45,9 +46,22 @@ ACCEPT_WARN_EVERY = 10.0  # seconds between warnings while descriptors are exhau
 PASSWORD_CHECKS = 2  # password checks (scrypt) running at once
 
 
+class ListenError(Exception):
+    """A ``[server] listen`` address cannot be bound; the message says which and why."""
+
+
 def split_listen(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _why_not(text: str, exc: OSError) -> ListenError:
+    why = f"cannot listen on {text}: {os.strerror(exc.errno) if exc.errno else exc}"
+    if exc.errno == errno.EADDRINUSE:
+        why += " (another process has it; processes meant to share it all need [server] reuse_port = true)"
+    elif exc.errno == errno.EACCES:
+        why += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE; see contrib/)"
+    return ListenError(why)
 
 
 class Server:
@@ -99,18 +113,27 @@ class Server:
         bound = []
         for text in self.runtime.config.server.listen:
             host, port = split_listen(text)
-            server = await self.loop.create_server(
-                lambda: Session(self),
-                host,
-                port,
-                reuse_address=True,
-                backlog=listen_backlog(descriptor_limit()),
-            )
+            try:
+                server = await self.loop.create_server(
+                    lambda: Session(self),
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=self.runtime.config.server.reuse_port,
+                    backlog=listen_backlog(descriptor_limit()),
+                )
+            except OSError as exc:
+                raise _why_not(text, exc) from None
             self.listeners.append(server)
             for sock in server.sockets:
                 address = sock.getsockname()
                 bound.append((address[0], address[1]))
                 log.info("listening on %s port %d", address[0], address[1])
+        if self.runtime.config.server.reuse_port and self.tarpit.shared is None:
+            log.warning(
+                "[server] reuse_port with the memory store: each process on the port judges clients on its "
+                "own; set [reputation] store to sqlite:// or redis:// to share what they see"
+            )
         self._purger = self.loop.call_later(PURGE_EVERY, self._purge)
         self._check_disk()
         self.admin = await open_admin_socket(self, self.runtime.config.admin.socket)
@@ -328,6 +351,7 @@ class Server:
             name
             for name, before, after in (
                 ("[server] listen", bound.server.listen, new.server.listen),
+                ("[server] reuse_port", bound.server.reuse_port, new.server.reuse_port),
                 ("[admin] socket", bound.admin.socket, new.admin.socket),
                 ("[admin] listen", bound.admin.listen, new.admin.listen),
                 ("[reputation] store", bound.reputation.store, new.reputation.store),
