@@ -162,3 +162,67 @@ def test_a_lock_held_elsewhere_waits_in_the_worker_thread_not_the_event_loop(tmp
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_updates_that_wait_together_share_one_transaction(tmp_path: Path) -> None:
+    # While another connection holds the write lock, 50 updates pile up behind the first; once it is
+    # released they commit together. Each commit appends the pages it changed to the WAL: 50 transactions
+    # would write at least 50 frames, a group a handful.
+    path = tmp_path / "state.db"
+    wal = tmp_path / "state.db-wal"
+    updates = 50
+
+    async def scenario() -> list[int]:
+        store = SqliteStore(path, SETTINGS, busy_timeout=5.0)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            wal_before = wal.stat().st_size
+            blocker.execute("BEGIN IMMEDIATE")
+            asyncio.get_running_loop().call_later(0.3, blocker.execute, "ROLLBACK")
+            now = time.time()
+            states = await asyncio.gather(
+                *(
+                    store.apply(
+                        f"ip:192.0.2.{n}", lambda s: observe(s, Observation.ERROR, now, SETTINGS), now
+                    )
+                    for n in range(updates)
+                )
+            )
+            frames = (wal.stat().st_size - wal_before) // (4096 + 24)
+            found = await store.load([f"ip:192.0.2.{n}" for n in range(updates)], now)
+            return [frames, sum(s.count(Observation.ERROR) for s in states), len(found)]
+        finally:
+            blocker.close()
+            await store.close()
+
+    frames, counted, found = asyncio.run(scenario())
+    assert (counted, found) == (updates, updates)
+    assert frames < 20, f"{frames} WAL frames for {updates} updates: not grouped"
+
+
+def test_a_change_that_raises_fails_only_its_own_update(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+
+    def broken(state: object) -> object:
+        raise ValueError("a bug in one change")
+
+    async def scenario() -> tuple[list[object], dict[str, object]]:
+        store = SqliteStore(path, SETTINGS)
+        now = time.time()
+        error = lambda s: observe(s, Observation.ERROR, now, SETTINGS)  # noqa: E731
+        try:
+            results = await asyncio.gather(
+                store.apply("ip:192.0.2.1", error, now),
+                store.apply("ip:192.0.2.2", broken, now),  # type: ignore[arg-type]
+                store.apply("ip:192.0.2.3", error, now),
+                return_exceptions=True,
+            )
+            found = await store.load(["ip:192.0.2.1", "ip:192.0.2.2", "ip:192.0.2.3"], now)
+            return list(results), dict(found)
+        finally:
+            await store.close()
+
+    results, found = asyncio.run(scenario())
+    assert isinstance(results[1], ValueError)
+    assert not isinstance(results[0], BaseException) and not isinstance(results[2], BaseException)
+    assert sorted(found) == ["ip:192.0.2.1", "ip:192.0.2.3"]
