@@ -156,6 +156,9 @@ def start_server(folder: Path, overrides: dict[str, dict[str, Any]] | None = Non
     server = RunningServer(folder, config, process, log_path=log_path)
     try:
         found = server.wait_for_log(_LISTENING.pattern)
+        # The admin socket and HTTP listener open just after the SMTP listeners: a test may use them at
+        # once (CI once found admin.sock missing right after "listening on").
+        server.wait_for_log(r"smtp-tarpit \S+ ready")
     except AssertionError:
         process.kill()
         process.wait()

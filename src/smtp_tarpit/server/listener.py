@@ -15,6 +15,7 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any
@@ -56,7 +57,10 @@ def split_listen(text: str) -> tuple[str, int]:
 
 
 def _why_not(text: str, exc: OSError) -> ListenError:
-    why = f"cannot listen on {text}: {os.strerror(exc.errno) if exc.errno else exc}"
+    # asyncio words a bind error as "error while attempting to bind on address (...): ..."; the address is
+    # said already. A name that does not resolve is a gaierror, whose errno is no errno.
+    number = None if isinstance(exc, socket.gaierror) else exc.errno
+    why = f"cannot listen on {text}: {os.strerror(number) if number else exc.strerror or exc}"
     if exc.errno == errno.EADDRINUSE:
         why += " (another process has it; processes meant to share it all need [server] reuse_port = true)"
     elif exc.errno == errno.EACCES:
