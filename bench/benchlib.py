@@ -55,13 +55,17 @@ def write_tarpit_config(
     connections_per_client: int | None = None,
     max_tarpitted: int | None = None,
     extra: str = "",
+    listen: str = "127.0.0.1:0",
+    maildir: str = "mail",
+    reuse_port: bool = False,
 ) -> Path:
     """The benchmark config: the brief's shape, a free port picked by the server (read from its log).
 
     ``connections_per_client`` and ``max_tarpitted`` default to ``max_connections`` (the load comes from a
     few loopback addresses, and every session is meant to be held); a limit that is None is not written
-    (the server's own default applies). ``extra`` is appended as it is (more TOML sections). Writing it
-    again over the same file and sending SIGHUP reloads it."""
+    (the server's own default applies). ``extra`` is appended as it is (more TOML sections). ``listen``,
+    ``maildir`` and ``reuse_port`` go into [server] and [delivery]. Writing it again over the same file and
+    sending SIGHUP reloads it."""
     (folder / "recipients.txt").write_text("".join(f"{r}\n" for r in recipients))
     per_client = max_connections if connections_per_client is None else connections_per_client
     tarpitted = max_connections if max_tarpitted is None else max_tarpitted
@@ -73,13 +77,14 @@ def write_tarpit_config(
     config = folder / "smtp-tarpit.toml"
     config.write_text(
         "[server]\n"
-        'listen = ["127.0.0.1:0"]\n'
-        'hostname = "mx.example.test"\n'
+        f'listen = ["{listen}"]\n'
+        + ("reuse_port = true\n" if reuse_port else "")  # only when set: older servers do not know it
+        + 'hostname = "mx.example.test"\n'
         "[recipients]\n"
         'domains = ["example.test"]\n'
         'file = "recipients.txt"\n'
         "[delivery]\n"
-        'maildir = "mail"\n'
+        f'maildir = "{maildir}"\n'
         "[tarpit]\n"
         f"delay = {delay:g}\n"
         "[limits]\n"

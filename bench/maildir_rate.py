@@ -189,10 +189,10 @@ class TarpitGroupTarget(TarpitTarget):
                 self.mailboxes,
                 max_connections=20000,
                 extra=f'[reputation]\nstore = "sqlite://{self.folder / "state.db"}"\n',
+                listen=f"127.0.0.1:{port}",
+                maildir=str(self.folder / "mail"),
+                reuse_port=True,
             )
-            text = config.read_text().replace('maildir = "mail"', f'maildir = "{self.folder / "mail"}"')
-            shared = f'listen = ["127.0.0.1:{port}"]\nreuse_port = true'
-            config.write_text(text.replace('listen = ["127.0.0.1:0"]', shared))
             server = ServerProcess(f"{self.name}-{number}", smtp_tarpit_command(config), sub).start()
             self.servers.append(server)
         self.server = self.servers[0]
