@@ -29,7 +29,6 @@ import datetime
 import os
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -63,7 +62,7 @@ from postfixlib import (
     start_acceptor,
 )
 from smtpload import Load, drive, make_message
-from tests.e2e.downstream import PostfixInstance  # postfixlib put the repository root on sys.path
+from tests.e2e.downstream import PostfixInstance, free_port  # postfixlib put the repo root on sys.path
 
 SINK_STOPPED = re.compile(r"stopped: (\d+) connections, (\d+) messages")
 TROUBLE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
@@ -211,12 +210,6 @@ class TarpitGroupTarget(TarpitTarget):
     def trouble(self) -> list[str]:
         lines = [line for server in self.servers for line in server.log().splitlines()]
         return [line for line in lines if TROUBLE.search(line)][:10]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SinkTarget(ProcessTarget):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.downstream import free_port
 from tests.e2e.helpers import RunningServer, start_server
 from tests.polling import wait_until
 
@@ -25,12 +26,6 @@ pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy
 
 HARVESTER, SENDER, PROBE = "127.0.1.2", "127.0.2.3", "127.0.3.4"
 STATE_DB = "state.db"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -51,7 +46,7 @@ def balanced(tmp_path: Path) -> Iterator[tuple[int, list[RunningServer]]]:
                     },
                 )
             )
-        port = _free_port()
+        port = free_port()
         config = tmp_path / "haproxy.cfg"
         config.write_text(
             "global\n  maxconn 200\n"

@@ -4,7 +4,6 @@ over them, they share one Maildir and one client store, and every acknowledged m
 from __future__ import annotations
 
 import smtplib
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,20 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.downstream import free_port
 from tests.e2e.helpers import RunningServer, start_server, write_config
 
 MESSAGES = 40
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[int, list[RunningServer]]]:
-    port = _free_port()
+    port = free_port()
     servers: list[RunningServer] = []
     try:
         for name in ("a", "b"):
@@ -78,7 +72,7 @@ def test_reuse_port_with_the_memory_store_says_each_process_judges_alone(tmp_pat
 
 
 def test_a_port_taken_without_reuse_port_is_a_clear_error(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     (tmp_path / "a").mkdir()
     first = start_server(tmp_path / "a", {"server": {"listen": [f"127.0.0.1:{port}"]}})
     try:
