@@ -261,34 +261,20 @@ _SIMPLE: dict[type, Callable[[Session], Reply]] = {
     Quit: _quit,
 }
 
-HANDLERS: dict[type, Callable[[Session, Event], Reply | None]] = {
-    Helo: on_helo,
-    Mail: on_mail,
-    Rcpt: on_rcpt,
-    Data: on_data,
-    Message: on_message,
-    Rset: on_simple,
-    Noop: on_simple,
-    Vrfy: on_simple,
-    Help: on_simple,
-    Quit: on_simple,
-    StartTls: on_starttls,
-    AuthCredentials: on_auth,
-    Answer: on_answer,
-}
-
-KINDS: dict[type, tuple[Stage, str]] = {
-    Helo: (Stage.COMMAND, "helo"),
-    Mail: (Stage.COMMAND, "mail"),
-    Rcpt: (Stage.RCPT, "rcpt"),
-    Data: (Stage.DATA, "data"),
-    Message: (Stage.MESSAGE, "message"),
-    Rset: (Stage.COMMAND, "rset"),
-    Noop: (Stage.COMMAND, "noop"),
-    Vrfy: (Stage.COMMAND, "vrfy"),
-    Help: (Stage.COMMAND, "help"),
-    Quit: (Stage.QUIT, "quit"),
-    StartTls: (Stage.COMMAND, "starttls"),
-    AuthCredentials: (Stage.COMMAND, "auth"),
-    Answer: (Stage.COMMAND, "protocol"),
+# Per kind of event: its handler, which client wait its reply ends (for the policy's caps) and its metrics
+# label. One table, so a kind of event cannot have a handler and no stage, or the other way round.
+HANDLERS: dict[type, tuple[Callable[[Session, Event], Reply | None], Stage, str]] = {
+    Helo: (on_helo, Stage.COMMAND, "helo"),
+    Mail: (on_mail, Stage.COMMAND, "mail"),
+    Rcpt: (on_rcpt, Stage.RCPT, "rcpt"),
+    Data: (on_data, Stage.DATA, "data"),
+    Message: (on_message, Stage.MESSAGE, "message"),
+    Rset: (on_simple, Stage.COMMAND, "rset"),
+    Noop: (on_simple, Stage.COMMAND, "noop"),
+    Vrfy: (on_simple, Stage.COMMAND, "vrfy"),
+    Help: (on_simple, Stage.COMMAND, "help"),
+    Quit: (on_simple, Stage.QUIT, "quit"),
+    StartTls: (on_starttls, Stage.COMMAND, "starttls"),
+    AuthCredentials: (on_auth, Stage.COMMAND, "auth"),
+    Answer: (on_answer, Stage.COMMAND, "protocol"),
 }

@@ -289,11 +289,10 @@ class Session(asyncio.Protocol):
                 handlers.message_part(self, event)
                 continue
             self.commands += 1
-            # Which client wait this reply ends (for the policy's caps) and its metrics label.
-            stage, self.label = handlers.KINDS[type(event)]
+            handler, stage, self.label = handlers.HANDLERS[type(event)]
             self.stage = Stage.MESSAGE if self.conn.in_data else stage
             try:
-                reply = handlers.HANDLERS[type(event)](self, event)
+                reply = handler(self, event)
             except Exception:  # a bug of ours: log it, tell the client to retry, show it nothing
                 log.exception("internal error answering %s from %s", type(event).__name__, self.client)
                 reply = replies.LOCAL_ERROR
