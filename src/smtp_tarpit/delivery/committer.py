@@ -26,11 +26,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+
+from smtp_tarpit.handoff import Waiter, hand_back
 
 log = logging.getLogger("smtp_tarpit.delivery")
 
@@ -38,18 +39,12 @@ Work = Callable[[], Iterable[str]]
 IDLE_EXIT = 30.0  # seconds: an idle writer thread ends (a reload's new deliverer starts its own)
 
 
-class _Job:
-    __slots__ = ("after", "error", "future", "loop", "work", "worked")
+class _Job(Waiter):
+    __slots__ = ("after", "work", "worked")
 
-    def __init__(
-        self,
-        work: Work,
-        after: Callable[[], None] | None,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[None],
-    ) -> None:
-        self.work, self.after, self.loop, self.future = work, after, loop, future
-        self.error: Exception | None = None
+    def __init__(self, work: Work, after: Callable[[], None] | None) -> None:
+        super().__init__()
+        self.work, self.after = work, after
         self.worked = False
 
 
@@ -67,8 +62,7 @@ class Committer:
 
     async def run(self, work: Work, after: Callable[[], None] | None = None) -> None:
         """Run ``work`` in a writer thread; return once it and its directories are durable."""
-        loop = asyncio.get_running_loop()
-        job = _Job(work, after, loop, loop.create_future())
+        job = _Job(work, after)
         with self._wake:
             if self._closing:
                 raise RuntimeError("the writer threads are stopped")
@@ -110,7 +104,7 @@ class Committer:
                 log.exception("writer failed")
                 for job in batch:
                     job.error = job.error or exc
-                _notify(batch)
+                hand_back(batch)
 
 
 def _commit(batch: list[_Job]) -> None:
@@ -131,13 +125,7 @@ def _commit(batch: list[_Job]) -> None:
     for job in batch:
         if job.worked:
             _tidy(job)
-    _notify(batch)
-
-
-def _notify(batch: list[_Job]) -> None:
-    for loop in {job.loop for job in batch}:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle, [job for job in batch if job.loop is loop])
+    hand_back(batch)
 
 
 def _tidy(job: _Job) -> None:
@@ -147,16 +135,6 @@ def _tidy(job: _Job) -> None:
         job.after()
     except OSError as exc:  # what is left is a tmp/ name: harmless, and removed at the next start
         log.warning("writer clean-up failed: %s", exc)
-
-
-def _settle(batch: list[_Job]) -> None:
-    for job in batch:
-        if job.future.done():  # the waiter was cancelled (the client went away): nothing to tell
-            continue
-        if job.error is None:
-            job.future.set_result(None)
-        else:
-            job.future.set_exception(job.error)
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:

@@ -24,8 +24,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import sqlite3
 import threading
@@ -34,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from smtp_tarpit.handoff import Waiter, hand_back
 from smtp_tarpit.policy.reputation import EMPTY, ClientState
 from smtp_tarpit.policy.settings import PolicySettings
 from smtp_tarpit.state import codec
@@ -52,22 +51,19 @@ _FETCH = 200  # rows read at once while scanning
 GROUP = 256  # apply calls in one transaction at most: another process waits for the write lock meanwhile
 
 
-class _Call:
+class _Call(Waiter):
     """One call waiting for the worker: ``work`` (anything) or ``update`` (an apply's key, change, now
     and settings)."""
 
-    __slots__ = ("error", "future", "loop", "result", "update", "work")
+    __slots__ = ("update", "work")
 
     def __init__(
         self,
         work: Callable[[sqlite3.Connection], Any] | None,
         update: tuple[str, Change, float, PolicySettings] | None,
     ) -> None:
+        super().__init__()
         self.work, self.update = work, update
-        self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[Any] = self.loop.create_future()
-        self.result: Any = None
-        self.error: BaseException | None = None
 
 
 class SqliteStore:
@@ -174,9 +170,7 @@ class SqliteStore:
                 log.exception("SQLite store %s: the worker failed", self.path)
                 for call in batch:
                     call.error = call.error or exc
-            for loop in {call.loop for call in batch}:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(_settle, [call for call in batch if call.loop is loop])
+            hand_back(batch)
 
     def _execute(self, batch: list[_Call]) -> None:
         start = 0
@@ -309,14 +303,3 @@ class SqliteStore:
                 continue
             if not state.idle(now, settings):
                 yield key, state
-
-
-def _settle(calls: list[_Call]) -> None:
-    """On the event loop: tell each caller its result (unless it stopped waiting: a timeout)."""
-    for call in calls:
-        if call.future.done():
-            continue
-        if call.error is None:
-            call.future.set_result(call.result)
-        else:
-            call.future.set_exception(call.error)
